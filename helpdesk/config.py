@@ -1,0 +1,295 @@
+"""Load and validate ``helpdesk.yaml`` into frozen settings.
+
+Every error names the key it is about (``inbound.imap.port``), so ``check-config``
+can tell an admin exactly what to fix. Secrets come only from ``${VAR}`` references
+to the environment; they are kept in ``SecretStr`` so they never print or log.
+"""
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the key."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_FACTOR = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+                "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``"3d"``, ``"36h"``, ``"90s"``, ``"10m"``, ``"2w"``; a bare number means seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=float(m[1]) * _UNIT_SECONDS[m[2]])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 10m, 36h, 3d, 2w)")
+
+
+def parse_size(value: Any) -> int:
+    """``"25MB"``, ``"512KB"``, ``"1MiB"`` or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        return int(float(m[1]) * _SIZE_FACTOR[(m[2] or "b").lower()])
+    raise ValueError(f"not a size: {value!r} (use e.g. 512KB, 25MB)")
+
+
+def _parse_rate(value: Any) -> tuple[int, timedelta]:
+    if isinstance(value, str) and "/" in value:
+        count, _, window = value.partition("/")
+        if count.strip().isdigit():
+            return int(count), parse_duration(window)
+    raise ValueError(f"not a rate: {value!r} (use e.g. 10/10m, 30/1d)")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Rate = Annotated[tuple[int, timedelta], BeforeValidator(_parse_rate)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HelpdeskSection(_Section):
+    name: str = "Support"
+    address: str
+    domain: str
+    templates: Path | None = None  # admin overrides, searched before the built-in set
+    attachments: Path = Path("../var/attachments")
+    secret: SecretStr | None = None  # keys the reply-address tokens; derived from the DB if unset
+
+
+class DatabaseSection(_Section):
+    url: str = "sqlite:///../var/helpdesk.db"
+
+
+class ImapMailbox(_Section):
+    name: str = "default"
+    host: str
+    port: int | None = None
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    ca_file: Path | None = None
+    username: str
+    password: SecretStr | None = None
+    oauth2_token_command: list[str] | None = None  # prints an access token for XOAUTH2
+    folder: str = "INBOX"
+    processed_folder: str | None = "Processed"
+    failed_folder: str = "Failed"
+    idle: bool = True
+    poll_interval: Duration = timedelta(seconds=60)
+    batch_size: int = Field(default=50, ge=1)
+    timeout: Duration = timedelta(seconds=30)
+    stale_after: Duration = timedelta(minutes=15)  # `status` is unhealthy past this
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ImapMailbox:
+        if self.password is None and self.oauth2_token_command is None:
+            raise ValueError("needs a password or an oauth2_token_command")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "ssl" else 143)
+
+
+class SmtpListenerSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = 2525
+
+
+class InboundSection(_Section):
+    imap: list[ImapMailbox] = []
+    smtp_listener: SmtpListenerSection | None = None
+
+    @field_validator("imap", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else (value or [])
+
+
+class SmtpSection(_Section):
+    host: str
+    port: int | None = None
+    security: Literal["ssl", "starttls", "none"] = "starttls"
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"ssl": 465, "starttls": 587, "none": 25}[self.security]
+
+
+class OutboundSection(_Section):
+    smtp: SmtpSection | None = None
+    maildir: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> OutboundSection:
+        if (self.smtp is None) == (self.maildir is None):
+            raise ValueError("set exactly one of smtp or maildir")
+        return self
+
+
+class ActivationSection(_Section):
+    command: list[str]
+    timeout: Duration = timedelta(seconds=120)
+
+
+class CategorySection(_Section):
+    label: str
+    prefix: str = Field(pattern=r"^[A-Z]{1,6}$")
+    addresses: list[str] = Field(min_length=1)
+    lifecycle: Literal["customer_care", "connections"] = "customer_care"
+    activation: ActivationSection | None = None
+    notify: list[str] = []
+    duplicate_key: str | None = None  # a regex whose first group identifies a connection
+
+
+class TimersSection(_Section):
+    reminders: list[Duration] = [timedelta(days=3), timedelta(days=5)]
+    close_after: Duration = timedelta(days=7)
+    resolved_close_after: Duration = timedelta(days=7)
+    sweep_interval: Duration = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimersSection:
+        if list(self.reminders) != sorted(self.reminders) or any(
+                r >= self.close_after for r in self.reminders):
+            raise ValueError("reminders must be increasing and come before close_after")
+        return self
+
+
+class ThreadingSection(_Section):
+    reply_address: bool = True
+    unknown_sender: Literal["new_case", "join", "reject"] = "new_case"
+
+
+class LimitsSection(_Section):
+    auto_mail_per_recipient: list[Rate] = [(10, timedelta(minutes=10)), (30, timedelta(days=1))]
+    auto_mail_per_case: list[Rate] = [(10, timedelta(minutes=10)), (50, timedelta(days=1))]
+    participants_per_case: int = 20
+    participants_per_message: int = 10
+    max_message_size: Size = 25 * 10**6
+    max_attachment_size: Size = 10 * 10**6
+
+
+class HygieneSection(_Section):
+    machine_senders: list[str] = [
+        "mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply",
+        "donotreply", "bounce", "bounces", "auto-reply", "autoreply",
+    ]
+
+
+class Settings(_Section):
+    helpdesk: HelpdeskSection
+    database: DatabaseSection = DatabaseSection()
+    inbound: InboundSection = InboundSection()
+    outbound: OutboundSection
+    staff: list[str] = []
+    categories: dict[str, CategorySection] = Field(min_length=1)
+    timers: TimersSection = TimersSection()
+    threading: ThreadingSection = ThreadingSection()
+    limits: LimitsSection = LimitsSection()
+    hygiene: HygieneSection = HygieneSection()
+    config_dir: Path = Path(".")  # set by the loader, not by the file
+
+    @field_validator("staff")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value]
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        """Addresses that are us: never participants, never answered."""
+        addrs = {self.helpdesk.address.lower()}
+        for cat in self.categories.values():
+            addrs.update(a.lower() for a in cat.addresses)
+        return frozenset(addrs)
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.config_dir / path).resolve()
+
+    @property
+    def database_url(self) -> str:
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite://" and not url.startswith(prefix + "/"):
+            rest = url[len(prefix):]
+            if rest and rest != ":memory:":
+                return prefix + str(self.resolve(Path(rest)))
+        return url
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("HELPDESK_CONFIG") or "config/helpdesk.yaml")
+
+
+def _expand_env(node: Any, path: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}.{i}") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def substitute(m: re.Match[str]) -> str:
+            if m[1] not in os.environ:
+                raise ConfigError(f"{path}: environment variable {m[1]} is not set")
+            return os.environ[m[1]]
+        return _ENV_REF.sub(substitute, node)
+    return node
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"] if p not in ("function-before", "function-after"))
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str) -> Settings:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    if "config_dir" in data:
+        raise ConfigError("config_dir: unknown key")
+    data = _expand_env(data, "")
+    data["config_dir"] = path.resolve().parent
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
