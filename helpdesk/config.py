@@ -79,7 +79,8 @@ class HelpdeskSection(_Section):
     address: str
     domain: str
     templates: Path | None = None  # admin overrides, searched before the built-in set
-    attachments: Path = Path("../var/attachments")
+    attachments: Path = Path("../var/attachments")  # content-addressed store on disk
+    attachment_store: Literal["disk", "database"] = "disk"
     secret: SecretStr | None = None  # keys the reply-address tokens; derived from the DB if unset
 
 

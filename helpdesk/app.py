@@ -1,0 +1,46 @@
+"""The composition root: settings, database, clock and templates, built once.
+
+Everything that needs one of these gets it from an ``App`` passed in; there are
+no module-level globals to reach for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from helpdesk.clock import Clock, SystemClock
+from helpdesk.config import Settings, load_settings
+from helpdesk.mail.templates import BUILTIN_TEMPLATES, TemplateRenderer
+from helpdesk.store import db
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    renderer: TemplateRenderer
+    clock: Clock = field(default_factory=SystemClock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock | None = None) -> App:
+        engine = db.make_engine(settings.database_url)
+        overrides = settings.helpdesk.templates
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=db.make_sessions(engine),
+            renderer=TemplateRenderer(BUILTIN_TEMPLATES,
+                                      settings.resolve(overrides) if overrides else None),
+            clock=clock or SystemClock(),
+        )
+
+    @classmethod
+    def from_config(cls, path: Path | str, clock: Clock | None = None) -> App:
+        return cls.from_settings(load_settings(path), clock)
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,32 @@
+"""Staff actions from the command line: the same rules as a staff reply by mail."""
+from __future__ import annotations
+
+from helpdesk.app import App
+from helpdesk.core.commands import Command
+from helpdesk.core.decide import Outcome, apply_commands
+from helpdesk.policy import core_policy
+from helpdesk.store import cases
+from helpdesk.store.apply import apply_decision
+
+
+class CommandRejected(Exception):
+    pass
+
+
+def set_status(app: App, ref: str, status: str, note: str = "") -> str:
+    policy = core_policy(app.settings)
+    with app.sessions.begin() as session:
+        case = cases.by_ref(session, ref)
+        if case is None:
+            raise LookupError(f"no case {ref}")
+        view = cases.view(session, case, policy)
+        command = Command("status", f"{status} {note}".strip())
+        decision = apply_commands(view, (command,), policy, actor="cli")
+        if decision.outcome is Outcome.REJECTED:
+            raise CommandRejected("; ".join(decision.reasons))
+        apply_decision(session, app, decision, None, None, app.clock.now(), actor="cli")
+        if note:
+            from helpdesk.store.orm import Event
+            session.add(Event(case_id=case.id, at=app.clock.now(), type="note",
+                              detail={"by": "cli", "text": note}))
+        return f"{case.ref}: {view.status} -> {case.status}"

@@ -1,0 +1,362 @@
+"""What to do with one inbound mail: a ``Decision``, computed without any I/O.
+
+The shell gathers a ``Context`` (the candidate cases for this mail, found by
+index lookups), calls ``decide`` and applies the result in one transaction. The
+order of concerns reads top to bottom in ``decide``: machine mail and bounces,
+then threading, then who is writing (staff, participant, stranger), then the
+lifecycle.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from helpdesk.core import lifecycle
+from helpdesk.core.classify import HygienePolicy, machine_reasons
+from helpdesk.core.commands import Command, parse_commands
+from helpdesk.core.lifecycle import Event, IllegalTransition, Lifecycle, Transition, Trigger
+from helpdesk.core.matching import (
+    Candidates,
+    CaseView,
+    MatchedBy,
+    StaffDirectory,
+    is_known_sender,
+    match_case,
+)
+from helpdesk.core.model import Bounce, InboundMessage, MailKind
+from helpdesk.core.refs import normalise_subject, parse_reply_address
+
+
+class Outcome(StrEnum):
+    NEW_CASE = "new_case"
+    REPLY = "reply"
+    STAFF_REPLY = "staff_reply"
+    MACHINE = "machine"
+    BOUNCE = "bounce"
+    DUPLICATE_REQUEST = "duplicate_request"
+    REJECTED = "rejected"
+    IGNORED = "ignored"
+
+
+class Audience(StrEnum):
+    PARTICIPANTS = "participants"  # everyone on the case who can still receive mail
+    STAFF = "staff"  # the assignee, else the category's notify list, else all staff
+    SENDER = "sender"  # only the author of the mail being decided
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryPolicy:
+    name: str
+    prefix: str
+    lifecycle: Lifecycle
+    addresses: tuple[str, ...]
+    has_activation: bool = False
+    duplicate_key: str | None = None  # regex; group 1 identifies a connection
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    categories: tuple[CategoryPolicy, ...]
+    staff: StaffDirectory
+    own_addresses: frozenset[str]
+    hygiene: HygienePolicy
+    unknown_sender: str = "new_case"  # new_case | join | reject
+    participants_per_case: int = 20
+    participants_per_message: int = 10
+
+    def category(self, name: str) -> CategoryPolicy:
+        return next(c for c in self.categories if c.name == name)
+
+    def is_ours(self, address: str) -> bool:
+        parsed = parse_reply_address(address)
+        return address in self.own_addresses or (parsed is not None and parsed[0] in self.own_addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    candidates: Candidates = Candidates()
+    bounced_case: CaseView | None = None  # the case whose outgoing mail this bounce is about
+    open_duplicate: CaseView | None = None  # an open connection request with the same key
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    kind: MailKind
+    to: Audience
+    note: str = ""
+    relay_text: str = ""
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewCase:
+    category: str
+    status: str
+    subject: str
+    requester: str
+    requester_name: str
+    duplicate_key: str | None
+    linked_to: CaseView | None = None
+    link_reason: str | None = None  # reopened | unknown_sender
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    case: CaseView | None = None
+    new_case: NewCase | None = None
+    store_as: MailKind | None = None
+    add_participants: tuple[tuple[str, str], ...] = ()  # (address, display name)
+    transitions: tuple[Transition, ...] = ()
+    assign: str | None = None
+    mails: tuple[Mail, ...] = ()
+    events: tuple[tuple[str, dict[str, object]], ...] = ()
+    reasons: tuple[str, ...] = ()
+    bounce: Bounce | None = None
+    run_activation: bool = False
+    addresses: tuple[str, ...] = field(default=())  # support addresses the mail came to
+
+
+def route(msg: InboundMessage, policy: Policy) -> CategoryPolicy:
+    """The category of the first of our addresses the mail names; else the first category."""
+    for address in (*msg.to, *msg.cc, *msg.envelope_recipients):
+        parsed = parse_reply_address(address)
+        base = parsed[0] if parsed else address
+        for category in policy.categories:
+            if base in category.addresses:
+                return category
+    return policy.categories[0]
+
+
+def support_addresses(msg: InboundMessage, policy: Policy) -> tuple[str, ...]:
+    return tuple(a for a in dict.fromkeys((*msg.to, *msg.cc, *msg.envelope_recipients))
+                 if policy.is_ours(a))
+
+
+def duplicate_key(msg: InboundMessage, category: CategoryPolicy) -> str | None:
+    """What identifies a connection request: a configured key found in the mail, else
+    the normalised subject. Only connections cases are checked for duplicates."""
+    if category.lifecycle is not Lifecycle.connections:
+        return None
+    if category.duplicate_key:
+        found = re.search(category.duplicate_key, f"{msg.subject}\n{msg.text}")
+        if found:
+            return found.group(1 if found.groups() else 0).strip().casefold()
+    return normalise_subject(msg.subject) or None
+
+
+def requester_of(msg: InboundMessage, policy: Policy) -> str:
+    """Reply-To wins over From (web forms send From themselves), unless it is us."""
+    for address in msg.reply_to:
+        if not policy.is_ours(address):
+            return address
+    return msg.sender
+
+
+def decide(msg: InboundMessage, context: Context, policy: Policy) -> Decision:
+    addresses = support_addresses(msg, policy)
+    if msg.bounce is not None:
+        return _bounce(msg, context)
+    match = match_case(context.candidates)
+    if reasons := machine_reasons(msg, policy.hygiene):
+        if match:
+            return Decision(Outcome.MACHINE, case=match.case, store_as=MailKind.MACHINE,
+                            reasons=reasons, events=(("machine_mail", {
+                                "from": msg.sender, "reasons": list(reasons)}),))
+        return Decision(Outcome.MACHINE, reasons=reasons)
+    if not requester_of(msg, policy):
+        return Decision(Outcome.IGNORED, reasons=("no-sender: no usable From address",))
+    if match is None:
+        return _new_case(msg, context, policy, addresses)
+    case = match.case
+    if policy.staff.is_staff(msg.sender):
+        return staff_reply(case, msg, policy)
+    if match.by is MatchedBy.SUBJECT_TAG and not is_known_sender(case, msg.sender, policy.staff):
+        return _stranger(msg, case, context, policy, addresses)
+    return _participant_reply(msg, case, context, policy, addresses)
+
+
+def _bounce(msg: InboundMessage, context: Context) -> Decision:
+    bounce = msg.bounce
+    assert bounce is not None
+    detail = {"recipients": [
+        {"address": r.address, "action": r.action, "status": r.status,
+         "diagnostic": r.diagnostic, "permanent": r.permanent} for r in bounce.recipients]}
+    if context.bounced_case is None:
+        return Decision(Outcome.BOUNCE, bounce=bounce, reasons=("bounce: no case of ours",))
+    return Decision(Outcome.BOUNCE, case=context.bounced_case, store_as=MailKind.MACHINE,
+                    bounce=bounce, events=(("bounce", detail),))
+
+
+def _new_case(msg: InboundMessage, context: Context, policy: Policy,
+              addresses: tuple[str, ...], linked_to: CaseView | None = None,
+              link_reason: str | None = None) -> Decision:
+    category = route(msg, policy)
+    if context.open_duplicate is not None and linked_to is None:
+        existing = context.open_duplicate
+        return Decision(Outcome.DUPLICATE_REQUEST, case=existing, store_as=MailKind.REPLY,
+                        events=(("duplicate_request", {"from": msg.sender,
+                                                       "subject": msg.subject}),),
+                        mails=(Mail(MailKind.DUPLICATE, Audience.SENDER),), addresses=addresses)
+    requester = requester_of(msg, policy)
+    others = _new_participants(msg, policy, exclude={requester}, room=policy.participants_per_case - 1)
+    new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
+                  subject=msg.subject, requester=requester, requester_name=msg.sender_name,
+                  duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
+                  link_reason=link_reason)
+    return Decision(
+        Outcome.NEW_CASE, new_case=new, store_as=MailKind.NEW,
+        add_participants=((requester, msg.sender_name), *others),
+        mails=(Mail(MailKind.ACK, Audience.PARTICIPANTS), Mail(MailKind.STAFF_NOTICE, Audience.STAFF)),
+        run_activation=category.has_activation, addresses=addresses,
+    )
+
+
+def _new_participants(msg: InboundMessage, policy: Policy, exclude: set[str] | frozenset[str],
+                      room: int) -> tuple[tuple[str, str], ...]:
+    """The people on To/Cc who join the case: never us, never staff, within the limits."""
+    found = []
+    for address in dict.fromkeys((*msg.to, *msg.cc)):
+        if address in exclude or policy.is_ours(address) or policy.staff.is_staff(address):
+            continue
+        found.append((address, ""))
+    return tuple(found[:max(0, min(room, policy.participants_per_message))])
+
+
+def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,
+                       addresses: tuple[str, ...]) -> Decision:
+    category = policy.category(case.category)
+    if lifecycle.is_final(category.lifecycle, case.status):
+        return _new_case(msg, Context(), policy, addresses, linked_to=case, link_reason="reopened")
+    room = policy.participants_per_case - len(case.participants)
+    joining = () if msg.sender in case.participants else ((msg.sender, msg.sender_name),)
+    others = _new_participants(msg, policy, exclude=case.participants | {msg.sender},
+                               room=room - len(joining))
+    add = (*joining, *others)[:max(0, room)]
+    body = parse_commands(msg.text)
+    cancel = any(c.name == "cancel" for c in body.commands)
+    trigger = Trigger.cancel if cancel and category.lifecycle is Lifecycle.connections \
+        else Trigger.participant_reply
+    try:
+        step = lifecycle.transition(category.lifecycle, case.status, Event(trigger))
+    except IllegalTransition as exc:
+        step, events = None, (("reply_not_applied", {"reason": str(exc)}),)
+    else:
+        events = ()
+    mails = _mails_of(step, note="cancelled by partner" if cancel else "") if step else ()
+    skipped = len((*joining, *others)) - len(add)
+    if skipped:
+        events += (("participants_limit", {"skipped": skipped}),)
+    return Decision(Outcome.REPLY, case=case, store_as=MailKind.REPLY, add_participants=add,
+                    transitions=(step,) if step else (), events=events,
+                    mails=mails, addresses=addresses)
+
+
+def _stranger(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,
+              addresses: tuple[str, ...]) -> Decision:
+    """A typed tag from someone unknown: anyone can type a number, so never join silently."""
+    if policy.unknown_sender == "join":
+        return _participant_reply(msg, case, context, policy, addresses)
+    if policy.unknown_sender == "reject":
+        return Decision(Outcome.REJECTED, case=case, reasons=(f"unknown-sender: {msg.sender}",),
+                        events=(("unknown_sender_rejected", {"from": msg.sender}),))
+    return _new_case(msg, Context(), policy, addresses, linked_to=case, link_reason="unknown_sender")
+
+
+_STATUS_COMMANDS = {"waiting": "waiting", "resolve": "resolved", "close": "closed",
+                    "in_progress": "in_progress"}
+
+
+def staff_reply(case: CaseView, msg: InboundMessage, policy: Policy) -> Decision:
+    body = parse_commands(msg.text)
+    decision = apply_commands(case, body.commands, policy, body.unknown)
+    if decision.outcome is Outcome.REJECTED:  # an error: tell the staff member, change nothing
+        return Decision(Outcome.STAFF_REPLY, case=case, store_as=MailKind.STAFF,
+                        mails=decision.mails, events=decision.events)
+    internal = any(c.name == "note" for c in body.commands)
+    transitions = decision.transitions
+    if not transitions and not internal:
+        try:  # e.g. the first staff answer moves an `open` case to `in_progress`
+            transitions = (lifecycle.transition(case.lifecycle, case.status,
+                                                Event(Trigger.staff_reply)),)
+        except IllegalTransition:
+            transitions = ()
+    mails = list(decision.mails)
+    if body.text and not internal:
+        # The customer-facing mail a transition sends carries the staff's words;
+        # only when there is none do they go out as a plain relay.
+        carriers = [i for i, m in enumerate(mails) if m.to is Audience.PARTICIPANTS]
+        if carriers:
+            first = mails[carriers[0]]
+            mails[carriers[0]] = Mail(first.kind, first.to, first.note, body.text)
+        else:
+            mails.append(Mail(MailKind.RELAY, Audience.PARTICIPANTS, relay_text=body.text))
+    events = decision.events
+    if internal:
+        notes = [c.argument for c in body.commands if c.name == "note"]
+        events += (("note", {"by": msg.sender, "text": "\n".join(filter(None, [*notes, body.text]))}),)
+    elif body.text:
+        events += (("relayed", {"by": msg.sender}),)
+    return Decision(Outcome.STAFF_REPLY, case=case, store_as=MailKind.STAFF,
+                    transitions=transitions, assign=decision.assign,
+                    mails=tuple(mails), events=events)
+
+
+def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy,
+                   unknown: tuple[str, ...] = (), actor: str = "staff") -> Decision:
+    """Staff commands (by mail or `cases set-status`) -> transitions, or an error decision.
+
+    All or nothing: one unknown command or illegal transition rejects the lot,
+    so a typo never half-applies.
+    """
+    category = policy.category(case.category)
+    errors = [f"unknown command: {line}" for line in unknown]
+    status, transitions, assign = case.status, [], None
+    events: list[tuple[str, dict[str, object]]] = []
+    for command in commands:
+        target, note = _target(command)
+        if command.name == "assign":
+            if "@" not in command.argument:
+                errors.append("#assign needs an address, e.g. #assign agent@example.com")
+            assign = command.argument.lower()
+            events.append(("assigned", {"to": assign, "by": actor}))
+            continue
+        if target is None:
+            continue
+        if target == "":
+            errors.append(f"#{command.name} needs a status name: one of "
+                          + ", ".join(lifecycle.statuses(category.lifecycle)))
+            continue
+        try:
+            step = lifecycle.transition(category.lifecycle, status, Event(Trigger.set_status, target))
+        except IllegalTransition as exc:
+            errors.append(str(exc))
+            continue
+        transitions.append(step)
+        status = step.status
+    if errors:
+        return Decision(Outcome.REJECTED, case=case, reasons=tuple(errors),
+                        mails=(Mail(MailKind.COMMAND_ERROR, Audience.SENDER, errors=tuple(errors)),),
+                        events=(("command_rejected", {"errors": errors, "by": actor}),))
+    notes = [n for c in commands for t, n in [_target(c)] if t and n]
+    mails = tuple(m for step in transitions for m in _mails_of(step, "\n".join(notes)))
+    return Decision(Outcome.STAFF_REPLY, case=case, transitions=tuple(transitions),
+                    assign=assign, mails=mails, events=tuple(events))
+
+
+def _mails_of(step: Transition, note: str = "") -> tuple[Mail, ...]:
+    return tuple(Mail(kind, Audience.STAFF if kind in lifecycle.TO_STAFF else Audience.PARTICIPANTS,
+                      note=note) for kind in step.sends)
+
+
+def _target(command: Command) -> tuple[str | None, str]:
+    """(the status a command asks for or None if it asks for none, its free-text note)."""
+    if command.name == "status":
+        name, _, note = command.argument.partition(" ")
+        return name.strip().lower(), note.strip()
+    if command.name == "cancel":
+        return "not_completed", command.argument or "cancelled"
+    if command.name in _STATUS_COMMANDS:
+        return _STATUS_COMMANDS[command.name], command.argument
+    return None, ""

@@ -1,0 +1,80 @@
+"""Which case a mail belongs to, in the order SPEC.md fixes (pure).
+
+1. In-Reply-To / References name a Message-ID the case sent or received;
+2. it was sent to the case's reply address (whose token must be right);
+3. its subject carries the case's tag.
+
+The shell looks up the candidates (one query each, for just this mail's ids,
+address and tags); this module only chooses among them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MatchedBy(StrEnum):
+    MESSAGE_ID = "message_id"
+    REPLY_ADDRESS = "reply_address"
+    SUBJECT_TAG = "subject_tag"
+
+
+@dataclass(frozen=True, slots=True)
+class CaseView:
+    """What the core needs to know of an existing case."""
+
+    id: int
+    ref: str
+    category: str
+    lifecycle: str
+    status: str
+    subject: str
+    requester: str
+    requester_domain: str
+    participants: frozenset[str]
+    undeliverable: frozenset[str] = frozenset()
+    assignee: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    by_message_id: CaseView | None = None
+    by_reply_address: CaseView | None = None
+    by_subject_tag: CaseView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    case: CaseView
+    by: MatchedBy
+
+
+def match_case(candidates: Candidates) -> Match | None:
+    if candidates.by_message_id:
+        return Match(candidates.by_message_id, MatchedBy.MESSAGE_ID)
+    if candidates.by_reply_address:
+        return Match(candidates.by_reply_address, MatchedBy.REPLY_ADDRESS)
+    if candidates.by_subject_tag:
+        return Match(candidates.by_subject_tag, MatchedBy.SUBJECT_TAG)
+    return None
+
+
+def is_known_sender(case: CaseView, sender: str, staff: "StaffDirectory") -> bool:
+    """May this sender join ``case`` on the strength of a typed subject tag alone?"""
+    domain = sender.rpartition("@")[2]
+    return sender in case.participants or staff.is_staff(sender) or domain == case.requester_domain
+
+
+@dataclass(frozen=True, slots=True)
+class StaffDirectory:
+    """Staff are listed by address (``agent@x``) or by domain (``@x``)."""
+
+    entries: frozenset[str]
+
+    def is_staff(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.entries or f"@{address.rpartition('@')[2]}" in self.entries
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(sorted(e for e in self.entries if not e.startswith("@")))

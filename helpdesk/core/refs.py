@@ -1,0 +1,61 @@
+"""Reference numbers, subject tags and per-case reply addresses (pure)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+_TAG = re.compile(r"\[([A-Z]{1,6}-\d{6,})\]")
+# Reply and forward prefixes of the mail clients people use, in many languages,
+# with the "RE[2]:" / "Re^2:" counters some clients add, and our own tags.
+_PREFIX = re.compile(
+    r"^\s*(?:(?:re|aw|sv|vs|antw|antwort|odp|rif|r|ref|réf|res|rv|tr|wg|fw|fwd|doorst|"
+    r"enc|encaminhar|vb|vl|ynt|atb|svar|odg|trs|πρθ|απ|σχετ|ответ|回复|回覆|答复|转发|轉寄)"
+    r"\s*(?:\[\d+\]|\^\d+|\(\d+\))?\s*[:：]\s*|\[[A-Z]{1,6}-\d{6,}\]\s*)+",
+    re.IGNORECASE,
+)
+_REPLY_ADDRESS = re.compile(r"^(?P<local>[^+@]+)\+(?P<ref>[A-Za-z]{1,6}-\d{6,})\.(?P<token>[a-z2-7]{8})@(?P<domain>.+)$")
+
+
+def format_ref(prefix: str, number: int) -> str:
+    return f"{prefix}-{number:06d}"
+
+
+def subject_tags(subject: str) -> tuple[str, ...]:
+    """Every reference tag in a subject, first one first."""
+    return tuple(dict.fromkeys(_TAG.findall(subject)))
+
+
+def tagged_subject(ref: str, subject: str) -> str:
+    """The subject our mail of a case carries: one tag, the customer's words."""
+    return f"[{ref}] {strip_prefixes(subject) or '(no subject)'}"
+
+
+def strip_prefixes(subject: str) -> str:
+    """``"AW: RE[2]: [CC-000042] Printer"`` -> ``"Printer"``."""
+    return _PREFIX.sub("", " ".join(subject.split())).strip()
+
+
+def normalise_subject(subject: str) -> str:
+    """For comparing two requests: no prefixes, no tags, case and spacing folded."""
+    return " ".join(_TAG.sub(" ", strip_prefixes(subject)).casefold().split())
+
+
+def reply_token(secret: bytes, ref: str) -> str:
+    """An unguessable token for a case: anyone can type a ref, nobody can type this."""
+    digest = hmac.new(secret, ref.encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:5]).decode().lower()
+
+
+def reply_address(base_address: str, ref: str, token: str) -> str:
+    local, _, domain = base_address.partition("@")
+    return f"{local}+{ref}.{token}@{domain}"
+
+
+def parse_reply_address(address: str) -> tuple[str, str, str] | None:
+    """``support+CC-000042.k7f3qabc@x`` -> ``("support@x", "CC-000042", "k7f3qabc")``."""
+    m = _REPLY_ADDRESS.match(address.lower())
+    if not m:
+        return None
+    return f"{m['local']}@{m['domain']}", m["ref"].upper(), m["token"]

@@ -1,0 +1,257 @@
+"""One pass over one IMAP folder: new UIDs → ingest → acknowledge on the server.
+
+The order is what makes it safe:
+
+1. UIDVALIDITY + the stored UID watermark decide what is new (never ``\\Seen``).
+2. ``RFC822.SIZE`` first; a message over the size cap is never downloaded: its
+   header alone goes to ``notify_too_large`` and the message to the failed folder.
+3. ``BODY.PEEK[]`` in batches (count- and byte-bounded), each message through
+   ``ingest_raw``, which commits its own transaction.
+4. Only then the message leaves the folder: MOVE to ``processed_folder`` (or
+   COPY + ``\\Deleted`` + EXPUNGE), to ``failed_folder`` when quarantined, or, with
+   no processed folder, ``\\Seen`` + ``$HelpdeskDone``.
+5. The watermark advances past what was acknowledged, in its own transaction.
+
+A crash between 3 and 4 re-ingests the message on the next pass; ``ingest_raw``
+recognises ``(source, source_key)`` and the message is then just acknowledged.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from imapclient import IMAPClient
+from sqlalchemy.exc import SQLAlchemyError
+
+from helpdesk.app import App
+from helpdesk.config import ImapMailbox
+from helpdesk.inbound import ingest
+from helpdesk.inbound.imap_state import load_watermark, record_success, save_watermark
+
+log = logging.getLogger(__name__)
+
+DONE_KEYWORD = b"$HelpdeskDone"
+SEEN = b"\\Seen"
+#: Bodies fetched in one FETCH never add up to more than this (or one message).
+BODY_BUDGET = 16 * 2**20
+
+
+@dataclass
+class FetchResult:
+    mailbox: str
+    uidvalidity: int | None = None
+    found: int = 0  # new UIDs this pass
+    ingested: int = 0  # ingested, acknowledged to the processed folder / flag
+    quarantined: int = 0  # ingested into the quarantine, moved to the failed folder
+    too_large: int = 0  # not downloaded, sender notified, moved to the failed folder
+    errors: int = 0  # ingest raised a bug; moved to the failed folder, logged
+    vanished: int = 0  # expunged by another client before we fetched it
+    interrupted: bool = False  # stop was set; the rest waits for the next pass
+
+    @property
+    def handled(self) -> int:
+        """Messages that went through the pipeline (and may have queued mail)."""
+        return self.ingested + self.quarantined + self.too_large
+
+    def summary(self) -> str:
+        return (f"{self.found} new, {self.ingested} ingested, {self.quarantined} quarantined, "
+                f"{self.too_large} too large, {self.errors} errors")
+
+
+@dataclass
+class _Acks:
+    """UIDs of one batch, by where they go once their transaction committed."""
+
+    done: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # vanished: nothing to do
+
+    def handled(self) -> set[int]:
+        return {*self.done, *self.failed, *self.skipped}
+
+
+def fetch_once(app: App, mailbox: ImapMailbox, client: IMAPClient, *,
+               stop: threading.Event | None = None) -> FetchResult:
+    """One pass over ``mailbox.folder``; returns what happened.
+
+    Raises ``ingest.StorageUnavailable`` (after acknowledging what did commit) when
+    the database cannot take a message: the message stays on the server. Network and
+    IMAP errors propagate; nothing unacknowledged is lost, it is fetched again.
+    """
+    result = FetchResult(mailbox.name)
+    uidvalidity = int(client.select_folder(mailbox.folder)[b"UIDVALIDITY"])
+    result.uidvalidity = uidvalidity
+    last_uid = load_watermark(app, mailbox.name, uidvalidity)
+    uids = _new_uids(client, mailbox, last_uid)
+    result.found = len(uids)
+    folders = _Folders(client)
+    for batch in _chunks(uids, mailbox.batch_size):
+        acks = _Acks()
+        try:
+            _process_batch(app, mailbox, client, uidvalidity, batch, acks, result, stop)
+        except (ingest.StorageUnavailable, SQLAlchemyError):
+            _acknowledge(app, mailbox, client, uidvalidity, batch, acks, folders)
+            raise
+        _acknowledge(app, mailbox, client, uidvalidity, batch, acks, folders)
+        if result.interrupted:
+            break
+    record_success(app, mailbox.name)
+    if result.found:
+        log.info("mailbox %s: %s", mailbox.name, result.summary())
+    return result
+
+
+def _new_uids(client: IMAPClient, mailbox: ImapMailbox, last_uid: int) -> list[int]:
+    criteria: list[str | bytes] = ["UID", f"{last_uid + 1}:*", "UNDELETED"]
+    if mailbox.processed_folder is None:
+        criteria += ["NOT", "KEYWORD", DONE_KEYWORD]
+    # "n:*" always matches the highest UID, even below n: filter.
+    return sorted(uid for uid in client.search(criteria) if uid > last_uid)
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _process_batch(app: App, mailbox: ImapMailbox, client: IMAPClient, uidvalidity: int,
+                   batch: list[int], acks: _Acks, result: FetchResult,
+                   stop: threading.Event | None) -> None:
+    limit = app.settings.limits.max_message_size
+    sizes = client.fetch(batch, ["RFC822.SIZE"])
+    wanted: list[tuple[int, int]] = []
+    for uid in batch:
+        if uid not in sizes:
+            acks.skipped.append(uid)
+            result.vanished += 1
+        elif (size := int(sizes[uid][b"RFC822.SIZE"])) > limit:
+            _too_large(app, mailbox, client, uid, size, acks, result)
+        else:
+            wanted.append((uid, size))
+    for group in _by_budget(wanted):
+        bodies = client.fetch([uid for uid, _ in group], ["BODY.PEEK[]"])
+        for uid, _size in group:
+            if stop is not None and stop.is_set():
+                result.interrupted = True
+                return
+            raw = bodies.pop(uid, {}).get(b"BODY[]")
+            if raw is None:
+                acks.skipped.append(uid)
+                result.vanished += 1
+                continue
+            _ingest_one(app, mailbox, uidvalidity, uid, raw, acks, result)
+
+
+def _by_budget(wanted: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+    group: list[tuple[int, int]] = []
+    total = 0
+    for uid, size in wanted:
+        if group and total + size > BODY_BUDGET:
+            yield group
+            group, total = [], 0
+        group.append((uid, size))
+        total += size
+    if group:
+        yield group
+
+
+def _ingest_one(app: App, mailbox: ImapMailbox, uidvalidity: int, uid: int, raw: bytes,
+                acks: _Acks, result: FetchResult) -> None:
+    key = f"{uidvalidity}:{uid}"
+    try:
+        outcome = ingest.ingest_raw(app, raw, source=f"imap:{mailbox.name}", source_key=key)
+    except (ingest.StorageUnavailable, SQLAlchemyError):
+        log.error("mailbox %s uid=%s: database unavailable; message left on the server",
+                  mailbox.name, key)
+        raise
+    except Exception:
+        # A bug, not the message's fault alone: keep the bytes (failed folder) and go on.
+        log.exception("mailbox %s uid=%s: ingest raised; moving it to %s",
+                      mailbox.name, key, mailbox.failed_folder)
+        acks.failed.append(uid)
+        result.errors += 1
+        return
+    if outcome.quarantined:
+        log.warning("mailbox %s uid=%s: quarantined (%s); moving it to %s",
+                    mailbox.name, key, outcome.status, mailbox.failed_folder)
+        acks.failed.append(uid)
+        result.quarantined += 1
+    else:
+        acks.done.append(uid)
+        result.ingested += 1
+
+
+def _too_large(app: App, mailbox: ImapMailbox, client: IMAPClient, uid: int, size: int,
+               acks: _Acks, result: FetchResult) -> None:
+    header = client.fetch([uid], ["BODY.PEEK[HEADER]"]).get(uid, {}).get(b"BODY[HEADER]")
+    if header is None:
+        acks.skipped.append(uid)
+        result.vanished += 1
+        return
+    log.warning("mailbox %s uid=%s: %d bytes is over max_message_size; not downloaded, "
+                "moving it to %s", mailbox.name, uid, size, mailbox.failed_folder)
+    try:
+        ingest.notify_too_large(app, header, size)
+    except (ingest.StorageUnavailable, SQLAlchemyError):
+        raise
+    except Exception:
+        log.exception("mailbox %s uid=%s: could not queue the too-large notice", mailbox.name, uid)
+    acks.failed.append(uid)
+    result.too_large += 1
+
+
+# -- acknowledging on the server -------------------------------------------------
+class _Folders:
+    """Creates a destination folder the first time a pass needs it."""
+
+    def __init__(self, client: IMAPClient) -> None:
+        self.client = client
+        self.known: set[str] = set()
+
+    def ensure(self, folder: str) -> None:
+        if folder in self.known:
+            return
+        if not self.client.folder_exists(folder):
+            log.info("creating IMAP folder %s", folder)
+            self.client.create_folder(folder)
+        self.known.add(folder)
+
+
+def _acknowledge(app: App, mailbox: ImapMailbox, client: IMAPClient, uidvalidity: int,
+                 batch: list[int], acks: _Acks, folders: _Folders) -> None:
+    if acks.done:
+        if mailbox.processed_folder is None:
+            client.add_flags(acks.done, [SEEN, DONE_KEYWORD], silent=True)
+        else:
+            move(client, acks.done, mailbox.processed_folder, folders)
+    if acks.failed:
+        move(client, acks.failed, mailbox.failed_folder, folders)
+    mark = _watermark(batch, acks.handled())
+    if mark is not None:
+        save_watermark(app, mailbox.name, uidvalidity, mark)
+
+
+def _watermark(batch: list[int], handled: set[int]) -> int | None:
+    """The highest UID below which everything in *batch* was handled."""
+    mark = None
+    for uid in batch:
+        if uid not in handled:
+            break
+        mark = uid
+    return mark
+
+
+def move(client: IMAPClient, uids: list[int], folder: str, folders: _Folders | None = None) -> None:
+    """MOVE when offered, else COPY + ``\\Deleted`` + (UID) EXPUNGE."""
+    (folders or _Folders(client)).ensure(folder)
+    if client.has_capability("MOVE"):
+        client.move(uids, folder)
+        return
+    client.copy(uids, folder)
+    client.delete_messages(uids, silent=True)
+    if client.has_capability("UIDPLUS"):
+        client.uid_expunge(uids)
+    else:
+        client.expunge()

@@ -1,0 +1,163 @@
+"""The forever loop per mailbox (``helpdesk run``) and the one-shot pass (``fetch``).
+
+``watch`` connects, fetches, then waits with IDLE (renewed well before the
+29-minute limit, and a full pass at each renewal) or sleeps ``poll_interval``;
+it checks ``stop`` at least every second. Any error ends the session: it is
+logged once per change of state, recorded in ``mailbox_state``, and the watcher
+reconnects after an exponential backoff with jitter. Nothing escapes a watcher,
+so one failing mailbox never stops the others.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from imapclient import IMAPClient
+
+from helpdesk.app import App
+from helpdesk.config import ImapMailbox
+from helpdesk.inbound.imap_fetch import fetch_once
+from helpdesk.inbound.imap_session import close_quietly, connect, describe
+from helpdesk.inbound.imap_state import record_error
+
+log = logging.getLogger(__name__)
+
+IDLE_CHECK = 1.0  # seconds between looks at `stop` while idling
+IDLE_RENEW_MAX = 600.0  # RFC 2177: servers may drop an IDLE after 29 minutes
+WAKE_RESPONSES = frozenset({b"EXISTS", b"RECENT"})
+
+
+def backoff_delay(failures: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential in the number of consecutive failures, with jitter (50–100 %)."""
+    return min(cap, base * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
+
+
+def fetch_all(app: App) -> int:
+    """One pass over every configured mailbox; returns how many failed."""
+    failed = 0
+    for mailbox in app.settings.inbound.imap:
+        try:
+            client = connect(mailbox, cwd=app.settings.config_dir)
+            try:
+                result = fetch_once(app, mailbox, client)
+            finally:
+                close_quietly(client)
+            log.info("mailbox %s: fetched: %s", mailbox.name, result.summary())
+        except Exception as exc:
+            failed += 1
+            reason = describe(exc)
+            log.error("mailbox %s: fetch failed: %s", mailbox.name, reason)
+            record_error(app, mailbox.name, reason)
+    return failed
+
+
+def start_watchers(app: App, stop: threading.Event, on_fetched: Callable[[], None],
+                   **options: float) -> list[threading.Thread]:
+    """One daemon thread per configured mailbox, each running ``watch``."""
+    threads = [threading.Thread(target=watch, args=(app, mailbox, stop, on_fetched),
+                                kwargs=options, name=f"imap-{mailbox.name}", daemon=True)
+               for mailbox in app.settings.inbound.imap]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+class _Health:
+    """Logs each change of state once, not every retry."""
+
+    def __init__(self, app: App, mailbox: ImapMailbox) -> None:
+        self.app, self.name = app, mailbox.name
+        self.failures = 0
+        self.reason: str | None = None
+        self.mode: str | None = None
+
+    def ok(self, mode: str) -> None:
+        if self.reason is not None:
+            log.warning("mailbox %s: working again (%s) after %d failed attempt(s)",
+                        self.name, mode, self.failures)
+        elif mode != self.mode:
+            log.info("mailbox %s: watching (%s)", self.name, mode)
+        self.failures, self.reason, self.mode = 0, None, mode
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        if reason != self.reason:
+            log.error("mailbox %s: %s; will retry with backoff", self.name, reason)
+        else:
+            log.debug("mailbox %s: still failing (attempt %d): %s", self.name, self.failures, reason)
+        self.reason = reason
+        record_error(self.app, self.name, reason)
+
+
+def watch(app: App, mailbox: ImapMailbox, stop: threading.Event,
+          on_fetched: Callable[[], None] = lambda: None, *, backoff_base: float = 1.0,
+          backoff_cap: float = 300.0, idle_renew: float | None = None) -> None:
+    """Watch *mailbox* until *stop* is set; never raises."""
+    renew = idle_renew if idle_renew is not None else min(
+        IDLE_RENEW_MAX, mailbox.stale_after.total_seconds() / 2)
+    health = _Health(app, mailbox)
+    while not stop.is_set():
+        try:
+            _session(app, mailbox, stop, on_fetched, health, renew)
+        except Exception as exc:
+            try:
+                health.failed(describe(exc))
+            except Exception:
+                log.exception("mailbox %s: could not record a failure", mailbox.name)
+            stop.wait(backoff_delay(health.failures, backoff_base, backoff_cap))
+    log.info("mailbox %s: watcher stopped", mailbox.name)
+
+
+def _session(app: App, mailbox: ImapMailbox, stop: threading.Event,
+             on_fetched: Callable[[], None], health: _Health, renew: float) -> None:
+    """One connection: passes and waits until *stop*; errors end it."""
+    client = connect(mailbox, cwd=app.settings.config_dir)
+    try:
+        use_idle = mailbox.idle and client.has_capability("IDLE")
+        mode = "IDLE" if use_idle else f"polling every {mailbox.poll_interval.total_seconds():g}s"
+        while not stop.is_set():
+            result = fetch_once(app, mailbox, client, stop=stop)
+            health.ok(mode)
+            if result.handled:
+                _notify(on_fetched, mailbox)
+            if use_idle:
+                _idle(client, stop, renew)
+            else:
+                stop.wait(mailbox.poll_interval.total_seconds())
+    finally:
+        close_quietly(client)
+
+
+def _notify(on_fetched: Callable[[], None], mailbox: ImapMailbox) -> None:
+    try:
+        on_fetched()
+    except Exception:
+        log.exception("mailbox %s: on_fetched callback failed", mailbox.name)
+
+
+def _idle(client: IMAPClient, stop: threading.Event, renew: float) -> None:
+    """IDLE until new mail, *stop*, or *renew* seconds; then DONE.
+
+    An empty answer long before the check timeout means the socket is readable
+    without a full line: usually EOF (server gone). DONE then raises, which is
+    what we want; if it was harmless, the caller just does one more pass.
+    """
+    client.idle()
+    deadline = time.monotonic() + renew
+    while not stop.is_set() and time.monotonic() < deadline:
+        started = time.monotonic()
+        responses = client.idle_check(timeout=IDLE_CHECK)
+        if any(_wakes(r) for r in responses):
+            break
+        if not responses and time.monotonic() - started < IDLE_CHECK / 2:
+            break
+    client.idle_done()
+
+
+def _wakes(response: tuple[object, ...]) -> bool:
+    if response and response[0] == b"BYE":
+        return True
+    return len(response) > 1 and response[1] in WAKE_RESPONSES

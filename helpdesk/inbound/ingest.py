@@ -1,0 +1,189 @@
+"""The ingest pipeline: raw bytes -> parsed -> decided -> one transaction.
+
+Every transport (IMAP, the SMTP listener, ``helpdesk ingest``) calls
+``ingest_raw``. It is idempotent per ``(source, source_key)`` and per Message-ID,
+so a re-delivery after a crash changes nothing. A mail that fails anywhere is
+kept with its raw bytes and the reason (the quarantine: ``helpdesk failed``) and
+the caller moves on; only an unreachable database raises, so that the transport
+leaves the mail where it is and tries again later.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from helpdesk.app import App
+from helpdesk.core.decide import decide, support_addresses
+from helpdesk.core.model import InboundMessage
+from helpdesk.mail.parsing import parse_message
+from helpdesk.policy import core_policy
+from helpdesk.store import cases
+from helpdesk.store.apply import apply_decision
+from helpdesk.store.orm import CaseAddress, Inbound, Message
+from helpdesk.sweep import run_due_step
+
+log = logging.getLogger(__name__)
+
+
+class StorageUnavailable(Exception):
+    """The database could not take the mail; the transport must keep it and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str  # new_case | reply | staff_reply | machine | bounce | duplicate | ... | quarantined
+    inbound_id: int | None
+    ref: str | None = None
+    reason: str = ""
+
+    @property
+    def quarantined(self) -> bool:
+        return self.status == "quarantined"
+
+
+def ingest_raw(app: App, raw: bytes, *, source: str, source_key: str | None = None,
+               envelope_recipients: tuple[str, ...] = ()) -> Outcome:
+    source_key = source_key or hashlib.sha256(raw).hexdigest()
+    for attempt in (1, 2):
+        try:
+            return _ingest_once(app, raw, source, source_key, envelope_recipients)
+        except IntegrityError:
+            # Another process stored the same mail (or took the same number) at
+            # the same moment; the second try sees its row and finds a duplicate.
+            if attempt == 2:
+                break
+        except OperationalError as exc:
+            raise StorageUnavailable(str(exc.orig)) from exc
+        except Exception as exc:  # quarantine, never lose, never stop the loop
+            return _quarantine(app, raw, source, source_key, envelope_recipients, exc)
+    return _quarantine(app, raw, source, source_key, envelope_recipients,
+                       RuntimeError("conflicting concurrent writes"))
+
+
+def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
+                 envelope_recipients: tuple[str, ...]) -> Outcome:
+    with app.sessions.begin() as session:
+        known = session.scalar(select(Inbound).where(Inbound.source == source,
+                                                     Inbound.source_key == source_key))
+        if known is not None:
+            return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
+        now = app.clock.now()
+        msg = parse_message(raw, envelope_recipients)
+        inbound = Inbound(source=source, source_key=source_key, received_at=now, raw=raw,
+                          envelope_recipients=list(envelope_recipients), status="done")
+        session.add(inbound)
+        session.flush()
+        duplicate = _duplicate_of(session, msg)
+        if duplicate is not None:
+            _record_addresses(session, app, duplicate, msg)
+            inbound.outcome, inbound.case_id = "duplicate", duplicate.case_id
+            log.info("DUPLICATE inbound=%s mid=%s case=%s", inbound.id, msg.message_id,
+                     duplicate.case_id)
+            return Outcome("duplicate", inbound.id)
+        policy = core_policy(app.settings)
+        secret = app.settings.helpdesk.secret
+        key = cases.reply_secret(session, secret.get_secret_value() if secret else None)
+        context = cases.load_context(session, msg, policy, key)
+        if _expire_candidates(session, app, context, now):
+            context = cases.load_context(session, msg, policy, key)
+        decision = decide(msg, context, policy)
+        case = apply_decision(session, app, decision, msg, inbound.id, now)
+        inbound.outcome = str(decision.outcome)
+        inbound.case_id = case.id if case else None
+        log.info("%s inbound=%s mid=%s case=%s%s", str(decision.outcome).upper(), inbound.id,
+                 msg.message_id, case.ref if case else "-",
+                 f" reasons={list(decision.reasons)}" if decision.reasons else "")
+        return Outcome(str(decision.outcome), inbound.id, case.ref if case else None,
+                       "; ".join(decision.reasons))
+
+
+def _expire_candidates(session: Session, app: App, context, now) -> bool:
+    """Run a matched case's overdue timer first, so that a reply after the 7 days
+    meets a closed case (and opens a new one) even if no sweep ran in between."""
+    expired = False
+    for view in (context.candidates.by_message_id, context.candidates.by_reply_address,
+                 context.candidates.by_subject_tag):
+        if view is not None:
+            expired |= run_due_step(session, app, view.id, now)
+    return expired
+
+
+def _duplicate_of(session: Session, msg: InboundMessage) -> Message | None:
+    key = msg.message_id or f"sha256:{msg.content_hash}"
+    return session.scalar(select(Message).where(Message.dedupe_key == key))
+
+
+def _record_addresses(session: Session, app: App, existing: Message, msg: InboundMessage) -> None:
+    policy = core_policy(app.settings)
+    for address in support_addresses(msg, policy):
+        if not session.scalar(select(CaseAddress.id).where(CaseAddress.case_id == existing.case_id,
+                                                           CaseAddress.address == address)):
+            session.add(CaseAddress(case_id=existing.case_id, address=address))
+
+
+def _quarantine(app: App, raw: bytes, source: str, source_key: str,
+                envelope_recipients: tuple[str, ...], exc: Exception) -> Outcome:
+    reason = f"{type(exc).__name__}: {exc}"[:2000]
+    log.error("QUARANTINE source=%s key=%s: %s", source, source_key, reason,
+              exc_info=not _expected(exc))
+    try:
+        with app.sessions.begin() as session:
+            row = session.scalar(select(Inbound).where(Inbound.source == source,
+                                                       Inbound.source_key == source_key))
+            if row is None:
+                row = Inbound(source=source, source_key=source_key, received_at=app.clock.now(),
+                              raw=raw, envelope_recipients=list(envelope_recipients),
+                              status="failed")
+                session.add(row)
+            else:
+                row.attempts += 1
+            row.status, row.outcome, row.error = "failed", "quarantined", reason
+            session.flush()
+            return Outcome("quarantined", row.id, reason=reason)
+    except OperationalError as db_exc:
+        raise StorageUnavailable(str(db_exc.orig)) from db_exc
+
+
+def _expected(exc: Exception) -> bool:
+    from helpdesk.mail.parsing import UnparseableMessage
+    return isinstance(exc, UnparseableMessage)
+
+
+def retry_failed(app: App, inbound_id: int) -> Outcome:
+    """Run a quarantined mail through the pipeline again (after a fix or a config change)."""
+    with app.sessions.begin() as session:
+        row = session.get(Inbound, inbound_id)
+        if row is None or row.status != "failed":
+            raise LookupError(f"no quarantined message with id {inbound_id}")
+        raw, source, key = row.raw, row.source, row.source_key
+        recipients = tuple(row.envelope_recipients or ())
+        session.delete(row)  # re-ingest under the same key; quarantined again if it still fails
+    return ingest_raw(app, raw, source=source, source_key=key, envelope_recipients=recipients)
+
+
+def notify_too_large(app: App, header_bytes: bytes, size: int) -> None:
+    """Tell the sender, politely and once, that a mail was too large to take.
+
+    Only the headers were downloaded; machine mail gets no answer, as always.
+    """
+    from helpdesk.core.classify import machine_reasons
+    from helpdesk.core.decide import route
+    from helpdesk.core.model import MailKind
+    from helpdesk.outbound.queue import queue_notice
+
+    try:
+        msg = parse_message(header_bytes)
+    except Exception:  # headers we cannot read: nobody to answer
+        log.warning("oversized mail with unreadable headers; not answered")
+        return
+    msg = InboundMessage(**{**{f: getattr(msg, f) for f in msg.__dataclass_fields__}, "size": size})
+    policy = core_policy(app.settings)
+    if machine_reasons(msg, policy.hygiene) or not msg.sender:
+        return
+    with app.sessions.begin() as session:
+        queue_notice(session, app, route(msg, policy).name, MailKind.TOO_LARGE, msg, app.clock.now())

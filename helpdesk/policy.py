@@ -1,0 +1,40 @@
+"""Turn the loaded settings into the plain policy values the pure core takes."""
+from __future__ import annotations
+
+from helpdesk.config import Settings
+from helpdesk.core.classify import HygienePolicy
+from helpdesk.core.decide import CategoryPolicy, Policy
+from helpdesk.core.lifecycle import Lifecycle
+from helpdesk.core.matching import StaffDirectory
+from helpdesk.core.timers import TimerPolicy
+from helpdesk.mail.compose import LOOP_HEADER
+
+
+def core_policy(settings: Settings) -> Policy:
+    categories = tuple(
+        CategoryPolicy(name=name, prefix=cat.prefix, lifecycle=Lifecycle(cat.lifecycle),
+                       addresses=tuple(a.lower() for a in cat.addresses),
+                       has_activation=cat.activation is not None,
+                       duplicate_key=cat.duplicate_key)
+        for name, cat in settings.categories.items())
+    return Policy(
+        categories=categories,
+        staff=StaffDirectory(frozenset(settings.staff)),
+        own_addresses=settings.own_addresses,
+        hygiene=HygienePolicy(
+            own_domain=settings.helpdesk.domain.lower(),
+            loop_header=LOOP_HEADER,
+            loop_value=settings.helpdesk.address.lower(),
+            machine_senders=tuple(settings.hygiene.machine_senders),
+            own_addresses=settings.own_addresses,
+        ),
+        unknown_sender=settings.threading.unknown_sender,
+        participants_per_case=settings.limits.participants_per_case,
+        participants_per_message=settings.limits.participants_per_message,
+    )
+
+
+def timer_policy(settings: Settings) -> TimerPolicy:
+    t = settings.timers
+    return TimerPolicy(reminders=tuple(t.reminders), close_after=t.close_after,
+                       resolved_close_after=t.resolved_close_after)

@@ -1,0 +1,415 @@
+"""A real Dovecot IMAP server for tests (a pytest plugin, see tests/conftest.py).
+
+One Dovecot process serves the whole session; every test gets a fresh account
+(user, password, empty mailbox), so tests cannot see each other's mail and
+nothing has to be cleaned up. Dovecot re-reads its passwd-file when it changes,
+so adding an account costs one line in a file.
+
+The server listens on two loopback ports: ``imap`` (plain, STARTTLS offered) and
+``imaps`` (implicit TLS) with a certificate from a throwaway trustme CA.
+
+Fixtures:
+
+``dovecot``
+    a ``DovecotAccount`` on the plain port (``security: none``).
+``dovecot_tls``
+    a ``DovecotAccount`` on the imaps port (``security: ssl``) with ``ca_file``.
+``dovecot_server``
+    the session's ``DovecotServer``: ``new_account()``, ``stop()``, ``start()``.
+``dovecot_factory``
+    ``dovecot_factory(**settings) -> DovecotServer``: a separate server with extra
+    dovecot.conf settings, e.g. ``imap_capability="IMAP4rev1 LITERAL+"`` for a
+    server without MOVE, UIDPLUS and IDLE. Stopped at the end of the session.
+
+Without a ``dovecot`` binary the fixtures skip, or fail when ``CI=true``.
+Tests that use a Dovecot fixture get the ``imap`` marker automatically.
+"""
+from __future__ import annotations
+
+import contextlib
+import grp
+import itertools
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+DOVECOT_FIXTURES = frozenset({"dovecot", "dovecot_tls", "dovecot_server", "dovecot_factory"})
+START_TIMEOUT = 15.0
+
+_CONF = """\
+# Written by tests/servers/dovecot.py for one test session.
+protocols = imap
+listen = 127.0.0.1
+base_dir = {dir}/run
+state_dir = {dir}/state
+instance_name = helpdesk-test-{port}
+log_path = {dir}/dovecot.log
+info_log_path = {dir}/dovecot.log
+ssl = yes
+ssl_cert = <{dir}/server.pem
+ssl_key = <{dir}/server.key
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain login xoauth2
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {dir}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={dir}/home/%u
+}}
+mail_location = maildir:~/Maildir
+mail_fsync = never
+mail_max_userip_connections = 200
+default_internal_user = {user}
+default_login_user = {user}
+first_valid_uid = 1
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}
+}}
+{extra}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dovecot_binary() -> str | None:
+    return shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
+
+
+def _require_dovecot() -> str:
+    binary = dovecot_binary()
+    if binary:
+        return binary
+    message = "dovecot is not installed (apt-get install dovecot-imapd); IMAP tests need it"
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI=true: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def _mail_user() -> tuple[str, int, int]:
+    """Who owns the mail files: Dovecot's userdb may not return uid 0."""
+    if os.geteuid() != 0:
+        entry = pwd.getpwuid(os.geteuid())
+        return entry.pw_name, entry.pw_uid, os.getegid()
+    entry = pwd.getpwnam("nobody")
+    try:
+        gid = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        gid = entry.pw_gid
+    return entry.pw_name, entry.pw_uid, gid
+
+
+@dataclass
+class DovecotServer:
+    """One ``dovecot -F`` process (and its children, in their own process group)."""
+
+    binary: str
+    dir: Path
+    ca_file: Path
+    extra: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
+    _proc: subprocess.Popen[bytes] | None = None
+    _users: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @classmethod
+    def create(cls, binary: str, base: Path, extra: dict[str, str] | None = None) -> DovecotServer:
+        import trustme
+
+        base.mkdir(parents=True, exist_ok=True)
+        for path in (base, *base.parents):  # the auth process may run as nobody
+            if path == Path("/tmp") or path == Path("/"):
+                break
+            if path.stat().st_mode & 0o005 != 0o005:
+                path.chmod(path.stat().st_mode | 0o755)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        ca_file = base / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        cert.private_key_pem.write_to_path(str(base / "server.key"))
+        (base / "server.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+        server = cls(binary=binary, dir=base, ca_file=ca_file, extra=dict(extra or {}))
+        server._write_config()
+        return server
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "dovecot.conf"
+
+    @property
+    def log(self) -> str:
+        path = self.dir / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _write_config(self) -> None:
+        user, uid, gid = _mail_user()
+        for sub in ("run", "state", "home"):
+            (self.dir / sub).mkdir(mode=0o755, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(self.dir / "home", uid, gid)
+        (self.dir / "passwd").touch(mode=0o644)
+        extra = "\n".join(f"{key} = {value}" for key, value in self.extra.items())
+        self.conf.write_text(_CONF.format(
+            dir=self.dir, port=self.port, tls_port=self.tls_port, user=user, uid=uid, gid=gid,
+            extra=extra))
+        self.conf.chmod(0o644)
+
+    # -- process -------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start (again) on the same ports; returns when the greeting arrives."""
+        if self.running:
+            return
+        self._proc = subprocess.Popen(
+            [self.binary, "-F", "-c", str(self.conf)], start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (self._greets(self.port) and self._accepts(self.tls_port)):
+            if self._proc.poll() is not None:
+                stderr = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                self._reap()
+                raise RuntimeError(f"dovecot exited at start: {stderr}\n{self.log[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"dovecot did not listen within {START_TIMEOUT}s:\n{self.log[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the master and every child (the whole process group)."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)  # children that outlived the master
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=10)
+        if self._proc.stderr:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def _greets(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=1) as sock:
+                return sock.recv(64).startswith(b"* OK")
+        except OSError:
+            return False
+
+    def _accepts(self, port: int) -> bool:
+        try:
+            with socket.create_connection((self.host, port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    # -- accounts ------------------------------------------------------------
+    def new_account(self, *, tls: bool = False) -> DovecotAccount:
+        """A fresh user with an empty mailbox (Dovecot re-reads the passwd-file)."""
+        user = f"user{next(self._users)}-{secrets.token_hex(3)}"
+        password = secrets.token_urlsafe(12)
+        with open(self.dir / "passwd", "a", encoding="utf-8") as f:
+            f.write(f"{user}:{{PLAIN}}{password}::::::\n")
+        return DovecotAccount(server=self, user=user, password=password, tls=tls)
+
+
+@dataclass
+class DovecotAccount:
+    """What a test needs: where to connect, as whom, and helpers to look inside."""
+
+    server: DovecotServer
+    user: str
+    password: str
+    tls: bool = False
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.tls_port if self.tls else self.server.port
+
+    @property
+    def ca_file(self) -> Path:
+        return self.server.ca_file
+
+    @property
+    def security(self) -> str:
+        return "ssl" if self.tls else "none"
+
+    def mailbox_config(self, **overrides: Any) -> dict[str, Any]:
+        """An ``inbound.imap`` entry for helpdesk.yaml / ``ImapMailbox(**...)``."""
+        config: dict[str, Any] = {
+            "host": self.host, "port": self.port, "security": self.security,
+            "username": self.user, "password": self.password, "timeout": "5s",
+        }
+        if self.tls:
+            config["ca_file"] = str(self.ca_file)
+        config.update(overrides)
+        return config
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+    # -- looking inside (always over the plain port, as the same user) --------
+    @contextlib.contextmanager
+    def client(self) -> Iterator[IMAPClient]:
+        with IMAPClient(self.host, self.server.port, ssl=False, timeout=10) as client:
+            client.login(self.user, self.password)
+            yield client
+
+    def append(self, raw: bytes, folder: str = "INBOX", flags: tuple[bytes, ...] = ()) -> None:
+        self.append_many([raw], folder, flags)
+
+    def append_many(self, raws: list[bytes], folder: str = "INBOX",
+                    flags: tuple[bytes, ...] = ()) -> None:
+        with self.client() as client:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+            for raw in raws:
+                client.append(folder, raw, flags)
+
+    def count(self, folder: str = "INBOX") -> int:
+        """Messages in *folder*; 0 when the folder does not exist."""
+        with self.client() as client:
+            if not client.folder_exists(folder):
+                return 0
+            return int(client.folder_status(folder, [b"MESSAGES"])[b"MESSAGES"])
+
+    def messages(self, folder: str = "INBOX") -> list[bytes]:
+        """The raw messages in *folder*, in UID order."""
+        with self.client() as client:
+            if not client.folder_exists(folder):
+                return []
+            client.select_folder(folder, readonly=True)
+            uids = client.search("ALL")
+            data = client.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+            return [data[uid][b"BODY[]"] for uid in sorted(data)]
+
+    def flags(self, folder: str = "INBOX") -> dict[int, tuple[bytes, ...]]:
+        with self.client() as client:
+            client.select_folder(folder, readonly=True)
+            uids = client.search("ALL")
+            data = client.fetch(uids, ["FLAGS"]) if uids else {}
+            return {uid: tuple(item[b"FLAGS"]) for uid, item in data.items()}
+
+    def uidvalidity(self, folder: str = "INBOX") -> int:
+        with self.client() as client:
+            return int(client.folder_status(folder, [b"UIDVALIDITY"])[b"UIDVALIDITY"])
+
+    def folders(self) -> list[str]:
+        with self.client() as client:
+            return sorted(name for _flags, _sep, name in client.list_folders())
+
+    def create_folder(self, folder: str) -> None:
+        with self.client() as client:
+            client.create_folder(folder)
+
+    def delete_folder(self, folder: str) -> None:
+        with self.client() as client:
+            client.delete_folder(folder)
+
+
+# -- fixtures ------------------------------------------------------------------
+class _Servers:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.started: list[DovecotServer] = []
+
+    def make(self, **extra: str) -> DovecotServer:
+        binary = _require_dovecot()
+        server = DovecotServer.create(binary, self.base / f"dovecot{len(self.started)}", extra)
+        self.started.append(server)
+        server.start()
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def _dovecot_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Servers]:
+    servers = _Servers(tmp_path_factory.mktemp("dovecot"))
+    try:
+        yield servers
+    finally:
+        servers.stop_all()
+
+
+@pytest.fixture(scope="session")
+def _dovecot_session_server(_dovecot_servers: _Servers) -> DovecotServer:
+    return _dovecot_servers.make()
+
+
+@pytest.fixture
+def dovecot_server(_dovecot_session_server: DovecotServer) -> DovecotServer:
+    """The session's server, running (a test before may have stopped it)."""
+    _dovecot_session_server.start()
+    return _dovecot_session_server
+
+
+@pytest.fixture
+def dovecot(dovecot_server: DovecotServer) -> DovecotAccount:
+    """A fresh account on the plain (``security: none``) port."""
+    return dovecot_server.new_account()
+
+
+@pytest.fixture
+def dovecot_tls(dovecot_server: DovecotServer) -> DovecotAccount:
+    """A fresh account on the imaps port; trust ``dovecot_tls.ca_file``."""
+    return dovecot_server.new_account(tls=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot_factory(_dovecot_servers: _Servers) -> Any:
+    """``dovecot_factory(**conf_settings) -> DovecotServer``, e.g. without MOVE."""
+    return _dovecot_servers.make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DOVECOT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.imap)
