@@ -29,12 +29,25 @@ class ImapError(Exception):
     """The mailbox cannot be used right now; the message is safe to log and store."""
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, mailbox: ImapMailbox | None = None) -> str:
     """A one-line reason for ``last_error`` and the log."""
     if isinstance(exc, ImapError):
         return str(exc)
-    text = str(exc).strip() or "no detail"
+    where = f" {_where(mailbox)}" if mailbox else ""
+    text = _text(exc)
+    if isinstance(exc, (OSError, EOFError, imaplib.IMAP4.abort)):
+        return f"connection to{where} lost: {text}"
+    if isinstance(exc, (imaplib.IMAP4.error, IMAPClientError)):
+        return f"IMAP server{where} said: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+def _text(exc: BaseException) -> str:
+    """imapclient puts the server's bytes' repr in its messages: b'[...] text'."""
+    text = str(exc).strip() or type(exc).__name__
+    if len(text) > 2 and text[:2] in ("b'", 'b"') and text[-1] == text[1]:
+        text = text[2:-1]
+    return text
 
 
 def connect(mailbox: ImapMailbox, *, cwd: Path | None = None) -> IMAPClient:
@@ -123,7 +136,7 @@ def _open(mailbox: ImapMailbox) -> IMAPClient:
     except OSError as exc:
         raise ImapError(f"cannot connect to {_where(mailbox)}: {exc.strerror or exc}") from None
     except (imaplib.IMAP4.error, IMAPClientError) as exc:
-        raise ImapError(f"{_where(mailbox)} is not a usable IMAP server: {exc}") from None
+        raise ImapError(f"{_where(mailbox)} is not a usable IMAP server: {_text(exc)}") from None
 
 
 def _starttls(client: IMAPClient, mailbox: ImapMailbox) -> None:
@@ -145,7 +158,7 @@ def _login(client: IMAPClient, mailbox: ImapMailbox, token: str | None) -> None:
     except LoginError as exc:
         how = "XOAUTH2 login" if token is not None else "login"
         raise ImapError(f"{how} failed for {mailbox.username} at {_where(mailbox)}: "
-                        f"{_scrub(str(exc), mailbox, token)}") from None
+                        f"{_scrub(_text(exc), mailbox, token)}") from None
 
 
 def _scrub(text: str, mailbox: ImapMailbox, token: str | None) -> str:

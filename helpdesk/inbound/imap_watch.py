@@ -48,7 +48,7 @@ def fetch_all(app: App) -> int:
             log.info("mailbox %s: fetched: %s", mailbox.name, result.summary())
         except Exception as exc:
             failed += 1
-            reason = describe(exc)
+            reason = describe(exc, mailbox)
             log.error("mailbox %s: fetch failed: %s", mailbox.name, reason)
             record_error(app, mailbox.name, reason)
     return failed
@@ -76,7 +76,7 @@ class _Health:
 
     def ok(self, mode: str) -> None:
         if self.reason is not None:
-            log.warning("mailbox %s: working again (%s) after %d failed attempt(s)",
+            log.info("mailbox %s: working again (%s) after %d failed attempt(s)",
                         self.name, mode, self.failures)
         elif mode != self.mode:
             log.info("mailbox %s: watching (%s)", self.name, mode)
@@ -104,7 +104,7 @@ def watch(app: App, mailbox: ImapMailbox, stop: threading.Event,
             _session(app, mailbox, stop, on_fetched, health, renew)
         except Exception as exc:
             try:
-                health.failed(describe(exc))
+                health.failed(describe(exc, mailbox))
             except Exception:
                 log.exception("mailbox %s: could not record a failure", mailbox.name)
             stop.wait(backoff_delay(health.failures, backoff_base, backoff_cap))

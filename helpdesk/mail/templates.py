@@ -52,10 +52,10 @@ made from ``CONTEXT``:
 | `message.date` | its date (`datetime`, or `None`) |
 | `description` | the text of the case's first message (customer-supplied) |
 | `note` | staff note, resolution, not-completed reason or error text; `""` when none |
-| `reminder` | for `reminder`: `number` (1-based), `total`, `closes_at` (`datetime`); else `None` |
+| `reminder` | for `reminder`: `number` (1-based), `total`, `closes_at`; else `None` |
 | `reopen_days` | days the customer has to reply to reopen a resolved case |
 | `old_case` | `{ref, subject}` of the closed case whose reply opened this one, or `None` |
-| `existing_case` | for `duplicate`: `{ref, subject, status_label}` of the request under way |
+| `existing_case` | `{ref, subject, status_label}` of the request a `duplicate` repeats, or `None` |
 | `output` | for `credentials`: the activation hook's stdout; `""` otherwise |
 | `relay` | for `relay`: the staff answer relayed, else `None` |
 | `relay.author` | its author's address |
@@ -131,10 +131,12 @@ CONTEXT: dict[str, str] = {
     "message.date": "its date (`datetime`, or `None`)",
     "description": "the text of the case's first message (customer-supplied)",
     "note": "staff note, resolution, not-completed reason or error text; `\"\"` when none",
-    "reminder": "for `reminder`: `number` (1-based), `total`, `closes_at` (`datetime`); else `None`",
+    "reminder": "for `reminder`: `number` (1-based), `total`, `closes_at`; else `None`",
     "reopen_days": "days the customer has to reply to reopen a resolved case",
     "old_case": "`{ref, subject}` of the closed case whose reply opened this one, or `None`",
-    "existing_case": "for `duplicate`: `{ref, subject, status_label}` of the request under way",
+    "existing_case": (
+        "`{ref, subject, status_label}` of the request a `duplicate` repeats, or `None`"
+    ),
     "output": "for `credentials`: the activation hook's stdout; `\"\"` otherwise",
     "relay": "for `relay`: the staff answer relayed, else `None`",
     "relay.author": "its author's address",
@@ -258,7 +260,9 @@ def wrap(value: Any, width: int = _WRAP_WIDTH) -> str:
 def nl2br(value: Any) -> Markup:
     """Escape ``value``, then turn its line breaks into ``<br>`` (HTML only)."""
     lines = "\n".join(_lines(value))
-    return Markup("<br>\n").join(escape(line) for line in lines.split("\n")) if lines else Markup("")
+    if not lines:
+        return Markup("")
+    return Markup("<br>\n").join(escape(line) for line in lines.split("\n"))
 
 
 def _finalize(value: Any) -> Any:
@@ -295,7 +299,9 @@ class _RootLoader(jinja2.PrefixLoader):
 class TemplateRenderer:
     """Find and render the templates of outgoing mail (see the module docstring)."""
 
-    def __init__(self, builtin_dir: Path = BUILTIN_TEMPLATES, override_dir: Path | None = None) -> None:
+    def __init__(
+        self, builtin_dir: Path = BUILTIN_TEMPLATES, override_dir: Path | None = None
+    ) -> None:
         self.builtin_dir = Path(builtin_dir).resolve()
         override = Path(override_dir).resolve() if override_dir is not None else None
         # An admin folder that is the built-in one (config `templates: ../templates`)
@@ -330,7 +336,8 @@ class TemplateRenderer:
         """The template names tried for (category, kind, part), best first."""
         for what, value in (("category", category), ("kind", kind)):
             if not _NAME.match(str(value)):
-                raise TemplateError(f"{category}/{kind}.{part}.j2", f"invalid {what} name {value!r}")
+                raise TemplateError(f"{category}/{kind}.{part}.j2",
+                                    f"invalid {what} name {value!r}")
         if part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, not {part!r}")
         file = f"{kind}.{part}.j2"
@@ -347,7 +354,9 @@ class TemplateRenderer:
         except jinja2.TemplatesNotFound:
             raise TemplateError(" | ".join(names), "not found") from None
         except jinja2.TemplateError as exc:  # found, but does not compile
-            raise TemplateError(_failing_name(exc, names), f"{_message(exc)}{_frame_location(exc)}") from exc
+            raise TemplateError(
+                _failing_name(exc, names), f"{_message(exc)}{_frame_location(exc)}"
+            ) from exc
 
     def template_name(self, category: str, kind: str, part: str) -> str:
         """The name (``override:billing/ack.txt.j2``) of the template that would be used."""
@@ -451,7 +460,8 @@ class TemplateRenderer:
             if len(rel.parts) != 2 or rel.parts[0] not in folders:
                 problems.append(
                     f"template override {rel.as_posix()}: not used (templates go in "
-                    f"<folder>/<kind>.txt.j2 or .html.j2, folder one of: {', '.join(sorted(folders))})"
+                    f"<folder>/<kind>.txt.j2 or .html.j2, folder one of: "
+                    f"{', '.join(sorted(folders))})"
                 )
                 continue
             stem, _, suffix = path.name.partition(".")
@@ -563,7 +573,9 @@ _SAMPLE_WITH_MESSAGE = {"ack", "relay", "reopened", "command_error", "duplicate"
                         "staff_notice", "status"}
 
 
-def sample_context(kind: str, category: str = "customer_care", *, full: bool = False) -> dict[str, Any]:
+def sample_context(
+    kind: str, category: str = "customer_care", *, full: bool = False
+) -> dict[str, Any]:
     """A made-up but realistic context for previews and ``check-config``.
 
     With ``full=False`` only the values a mail of ``kind`` usually gets are set and

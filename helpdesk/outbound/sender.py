@@ -59,8 +59,14 @@ MAX_AGE = timedelta(days=3)  # counted from created_at; then a temporary failure
 
 
 def _retry_at(attempts: int, now: datetime, *, base: float = 60, cap: float = 6 * 3600) -> datetime:
-    """When to try again after ``attempts`` failed tries: 2 min, 4 min, ... capped at 6 h."""
-    return now + timedelta(seconds=min(cap, base * 2 ** min(attempts, 32)))
+    """When to try again after ``attempts`` failed tries: 1 min, 2, 4, ... capped at 6 h.
+
+    The same curve as ``helpdesk.core.timers.retry_at`` (without its jitter), so the
+    two can be folded into one.
+    """
+    if attempts <= 0:
+        return now
+    return now + timedelta(seconds=min(cap, base * 2.0 ** min(attempts - 1, 64)))
 
 
 @dataclass(frozen=True)

@@ -215,9 +215,12 @@ def test_category_override_wins_over_default_override(tmp_path):
     write(tmp_path, "default/reminder.txt.j2", "DEFAULT\n")
     write(tmp_path, "billing/reminder.txt.j2", "BILLING {{ reminder.number }}\n")
     renderer = TemplateRenderer(BUILTIN_TEMPLATES, tmp_path)
-    assert renderer.render("billing", "reminder", sample_context("reminder", "billing")).text == "BILLING 1\n"
-    assert renderer.render("customer_care", "reminder", sample_context("reminder")).text == "DEFAULT\n"
-    assert renderer.template_name("billing", "reminder", "txt") == "override:billing/reminder.txt.j2"
+    billing = renderer.render("billing", "reminder", sample_context("reminder", "billing"))
+    assert billing.text == "BILLING 1\n"
+    other = renderer.render("customer_care", "reminder", sample_context("reminder"))
+    assert other.text == "DEFAULT\n"
+    name = renderer.template_name("billing", "reminder", "txt")
+    assert name == "override:billing/reminder.txt.j2"
 
 
 def test_lookup_order(tmp_path):
@@ -236,8 +239,8 @@ def test_lookup_order(tmp_path):
 
 def test_overridden_layout_applies_to_builtin_templates(tmp_path):
     write(tmp_path, "default/_layout.html.j2",
-          "<!DOCTYPE html>\n<html lang=\"en\"><body class=\"acme\">{% block content %}{% endblock %}"
-          "</body></html>\n")
+          '<!DOCTYPE html>\n<html lang="en"><body class="acme">'
+          "{% block content %}{% endblock %}</body></html>\n")
     renderer = TemplateRenderer(BUILTIN_TEMPLATES, tmp_path)
     html = renderer.render("customer_care", "solution", sample_context("solution")).html
     assert 'class="acme"' in html and "has been resolved" in html

@@ -2,8 +2,8 @@
 
 One Dovecot process serves the whole session; every test gets a fresh account
 (user, password, empty mailbox), so tests cannot see each other's mail and
-nothing has to be cleaned up. Dovecot re-reads its passwd-file when it changes,
-so adding an account costs one line in a file.
+nothing has to be cleaned up. Accounts are lines in a passwd-file that Dovecot
+re-reads (at most once a second, so they are written ahead in blocks).
 
 The server listens on two loopback ports: ``imap`` (plain, STARTTLS offered) and
 ``imaps`` (implicit TLS) with a certificate from a throwaway trustme CA.
@@ -15,7 +15,9 @@ Fixtures:
 ``dovecot_tls``
     a ``DovecotAccount`` on the imaps port (``security: ssl``) with ``ca_file``.
 ``dovecot_server``
-    the session's ``DovecotServer``: ``new_account()``, ``stop()``, ``start()``.
+    the session's ``DovecotServer``: ``new_account(tls=False)``, ``stop()`` (SIGTERM:
+    clients get a BYE), ``kill()`` (SIGKILL: connections just drop), ``start()``
+    (again, same ports, same mail), ``log`` (the server's log text).
 ``dovecot_factory``
     ``dovecot_factory(**settings) -> DovecotServer``: a separate server with extra
     dovecot.conf settings, e.g. ``imap_capability="IMAP4rev1 LITERAL+"`` for a
@@ -36,6 +38,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ from imapclient import IMAPClient
 
 DOVECOT_FIXTURES = frozenset({"dovecot", "dovecot_tls", "dovecot_server", "dovecot_factory"})
 START_TIMEOUT = 15.0
+ACCOUNT_BLOCK = 300
 
 _CONF = """\
 # Written by tests/servers/dovecot.py for one test session.
@@ -63,6 +67,7 @@ ssl_key = <{dir}/server.key
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login xoauth2
+auth_failure_delay = 0
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {dir}/passwd
@@ -77,6 +82,11 @@ mail_max_userip_connections = 200
 default_internal_user = {user}
 default_login_user = {user}
 first_valid_uid = 1
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -138,17 +148,14 @@ class DovecotServer:
     tls_port: int = field(default_factory=free_port)
     _proc: subprocess.Popen[bytes] | None = None
     _users: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _spare: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def create(cls, binary: str, base: Path, extra: dict[str, str] | None = None) -> DovecotServer:
         import trustme
 
-        base.mkdir(parents=True, exist_ok=True)
-        for path in (base, *base.parents):  # the auth process may run as nobody
-            if path == Path("/tmp") or path == Path("/"):
-                break
-            if path.stat().st_mode & 0o005 != 0o005:
-                path.chmod(path.stat().st_mode | 0o755)
+        base.mkdir(mode=0o755, parents=True, exist_ok=True)
+        base.chmod(0o755)  # the auth process may run as nobody: 0700 breaks it
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         ca_file = base / "ca.pem"
@@ -157,6 +164,7 @@ class DovecotServer:
         (base / "server.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
         server = cls(binary=binary, dir=base, ca_file=ca_file, extra=dict(extra or {}))
         server._write_config()
+        server._add_accounts(ACCOUNT_BLOCK)  # before Dovecot first reads the file
         return server
 
     @property
@@ -218,6 +226,14 @@ class DovecotServer:
             os.killpg(self._proc.pid, signal.SIGKILL)  # children that outlived the master
         self._reap()
 
+    def kill(self) -> None:
+        """SIGKILL the master and every child: connections drop without a BYE."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._reap()
+
     def _reap(self) -> None:
         if self._proc is None:
             return
@@ -243,12 +259,36 @@ class DovecotServer:
 
     # -- accounts ------------------------------------------------------------
     def new_account(self, *, tls: bool = False) -> DovecotAccount:
-        """A fresh user with an empty mailbox (Dovecot re-reads the passwd-file)."""
-        user = f"user{next(self._users)}-{secrets.token_hex(3)}"
-        password = secrets.token_urlsafe(12)
-        with open(self.dir / "passwd", "a", encoding="utf-8") as f:
-            f.write(f"{user}:{{PLAIN}}{password}::::::\n")
+        """A fresh user with an empty mailbox.
+
+        Dovecot re-reads the passwd-file at most once a second, so accounts are
+        written ahead in blocks; a new block is waited for until it can log in.
+        """
+        if not self._spare:
+            self._add_accounts(ACCOUNT_BLOCK)
+            if self.running:
+                self._wait_for_login(*self._spare[-1])
+        user, password = self._spare.pop(0)
         return DovecotAccount(server=self, user=user, password=password, tls=tls)
+
+    def _add_accounts(self, count: int) -> None:
+        block = [(f"user{next(self._users)}-{secrets.token_hex(3)}", secrets.token_urlsafe(12))
+                 for _ in range(count)]
+        with open(self.dir / "passwd", "a", encoding="utf-8") as f:
+            f.writelines(f"{user}:{{PLAIN}}{password}::::::\n" for user, password in block)
+        self._spare.extend(block)
+
+    def _wait_for_login(self, user: str, password: str) -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            with IMAPClient(self.host, self.port, ssl=False, timeout=5) as client:
+                try:
+                    client.login(user, password)
+                    return
+                except IMAPClient.Error:
+                    if time.monotonic() > deadline:
+                        raise
+            time.sleep(0.2)
 
 
 @dataclass
@@ -292,6 +332,9 @@ class DovecotAccount:
 
     def start(self) -> None:
         self.server.start()
+
+    def kill(self) -> None:
+        self.server.kill()
 
     # -- looking inside (always over the plain port, as the same user) --------
     @contextlib.contextmanager
@@ -371,12 +414,17 @@ class _Servers:
 
 
 @pytest.fixture(scope="session")
-def _dovecot_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Servers]:
-    servers = _Servers(tmp_path_factory.mktemp("dovecot"))
+def _dovecot_servers() -> Iterator[_Servers]:
+    # Not tmp_path_factory: concurrent pytest runs prune each other's basetemp, and
+    # Dovecot's auth process (nobody, when we are root) must traverse the path.
+    base = Path(tempfile.mkdtemp(prefix="helpdesk-dovecot-"))
+    base.chmod(0o755)
+    servers = _Servers(base)
     try:
         yield servers
     finally:
         servers.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ class Delivery:
     """One accepted mail transaction; ``content`` is DATA exactly as received."""
 
     mail_from: str
-    rcpt_tos: tuple[str, ...]
+    rcpt_tos: list[str]  # a list, as on aiosmtpd's Envelope
     content: bytes
 
     def message(self) -> EmailMessage:
@@ -116,7 +116,7 @@ class RecordingMTA:
             await asyncio.sleep(self.data_delay)
         if self.fail_data:
             return self.fail_data
-        self.envelopes.append(Delivery(envelope.mail_from, tuple(envelope.rcpt_tos),
+        self.envelopes.append(Delivery(envelope.mail_from, list(envelope.rcpt_tos),
                                        bytes(envelope.original_content or b"")))
         return "250 2.0.0 OK queued"
 

@@ -102,7 +102,7 @@ def test_delivers_once_and_marks_sent(sessions, clock, mta, caplog):
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
 
     [delivery] = mta.handler.envelopes
-    assert (delivery.mail_from, delivery.rcpt_tos) == ("support@example.com", (ANN,))
+    assert (delivery.mail_from, delivery.rcpt_tos) == ("support@example.com", [ANN])
     assert delivery.content == render()[1]  # the very bytes queued, dot-stuffing undone
     row = outbox(sessions, oid)
     assert (row.status, row.sent_at, row.attempts, row.claimed_until, row.last_error) == (
@@ -143,7 +143,7 @@ def test_451_defers_with_backoff_then_delivers(sessions, clock, mta):
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult()  # not due yet
     clock.current = row.next_attempt_at
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
-    assert [d.rcpt_tos for d in mta.handler.envelopes] == [(ANN,)]
+    assert [d.rcpt_tos for d in mta.handler.envelopes] == [[ANN]]
     assert outbox(sessions, oid).attempts == 2
 
 
@@ -180,7 +180,7 @@ def test_partial_refusal_is_sent_and_recorded_on_the_case(sessions, clock, mta):
     mta.handler.fail_rcpt[BOB] = "550 5.1.1 No such user"
 
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
-    assert [d.rcpt_tos for d in mta.handler.envelopes] == [(ANN,)]
+    assert [d.rcpt_tos for d in mta.handler.envelopes] == [[ANN]]
     row = outbox(sessions, oid)
     assert row.status == "sent" and BOB in row.last_error and ANN not in row.last_error
     with sessions() as db:
@@ -205,7 +205,7 @@ def test_partial_deferral_splits_off_the_deferred_recipients(sessions, clock, mt
     del mta.handler.fail_rcpt[BOB]
     clock.advance(hours=1)
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
-    assert [d.rcpt_tos for d in mta.handler.envelopes] == [(ANN,), (BOB,)]
+    assert [d.rcpt_tos for d in mta.handler.envelopes] == [[ANN], [BOB]]
 
 
 def test_gives_up_three_days_after_it_was_queued(sessions, clock, mta):
@@ -303,6 +303,57 @@ def test_a_claim_of_a_dead_sender_runs_out_after_the_lease(sessions, clock, mta)
     assert len(mta.handler.envelopes) == 1 and outbox(sessions, oid).status == "sent"
 
 
+class _Crash(BaseException):
+    """Stands for the process dying (kill -9, power cut) right after the server said 250."""
+
+
+class _CrashAfterSend:
+    def __init__(self, inner: SmtpTransport) -> None:
+        self.inner = inner
+
+    def send(self, mail_from: str, recipients: Any, raw: bytes) -> Any:
+        self.inner.send(mail_from, recipients, raw)
+        raise _Crash
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_crash_between_accept_and_record_repeats_only_that_mail_once(sessions, clock, mta):
+    first, second = queue(sessions, clock, 1), queue(sessions, clock, 2)
+    with pytest.raises(_Crash):
+        send_due(sessions, clock, _CrashAfterSend(smtp_to(mta)))
+
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)  # the other one
+    clock.advance(minutes=6)  # the dead sender's claim runs out: the honest duplicate
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
+    clock.advance(days=1)
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    assert [m["Message-ID"] for m in mta.handler.messages()] == [
+        "<out-1@example.com>", "<out-2@example.com>", "<out-1@example.com>"]
+    assert {outbox(sessions, first).status, outbox(sessions, second).status} == {"sent"}
+
+
+def test_a_sender_slower_than_its_lease_does_not_record_twice(sessions, clock, mta, caplog):
+    oid = queue(sessions, clock)
+    inner: list[SendResult] = []
+
+    class Slow:  # while it sends, its lease runs out and another sender takes the row
+        def send(self, mail_from: str, recipients: Any, raw: bytes) -> Any:
+            clock.advance(minutes=6)
+            inner.append(send_due(sessions, clock, smtp_to(mta)))
+            return {}
+
+        def close(self) -> None:
+            pass
+
+    assert send_due(sessions, clock, Slow()) == SendResult()
+    assert inner == [SendResult(sent=1)]
+    row = outbox(sessions, oid)
+    assert (row.status, row.attempts, row.sent_at) == ("sent", 1, T0 + timedelta(minutes=6))
+    assert "may have gone out twice" in caplog.text
+
+
 # -- TLS and login ---------------------------------------------------------------
 
 def test_implicit_tls_with_the_ca_and_login(sessions, clock, mta_tls, smtp_ca_file, caplog):
@@ -389,8 +440,8 @@ def test_make_transport_follows_the_config(tmp_path, mta):
 # -- backoff ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("attempts", "delay"), [
-    (1, timedelta(minutes=2)), (2, timedelta(minutes=4)), (8, timedelta(minutes=256)),
-    (9, timedelta(hours=6)), (20, timedelta(hours=6)), (10_000, timedelta(hours=6)),
+    (0, timedelta(0)), (1, timedelta(minutes=1)), (2, timedelta(minutes=2)),
+    (9, timedelta(minutes=256)), (10, timedelta(hours=6)), (10_000, timedelta(hours=6)),
 ])
-def test_retry_at_doubles_up_to_six_hours(attempts, delay):
+def test_retry_at_doubles_from_one_minute_up_to_six_hours(attempts, delay):
     assert _retry_at(attempts, T0) == T0 + delay

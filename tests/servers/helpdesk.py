@@ -1,0 +1,155 @@
+"""A helpdesk wired to the real test servers: its own SQLite file, config and
+templates, sending through the recording MTA. ``desk.cli(...)`` runs the real
+console command in a subprocess, exactly as an admin would."""
+from __future__ import annotations
+
+import copy
+import email.utils
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpdesk.app import App
+from helpdesk.clock import FixedClock
+from helpdesk.inbound.ingest import Outcome, ingest_raw
+from helpdesk.outbound.deliver import deliver_all
+from helpdesk.store import db
+from helpdesk.views import show_case
+
+START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def base_config(tmp: Path, smtp_port: int | None) -> dict[str, Any]:
+    outbound: dict[str, Any] = (
+        {"smtp": {"host": "127.0.0.1", "port": smtp_port, "security": "none", "timeout": "5s"}}
+        if smtp_port else {"maildir": str(tmp / "outbox")})
+    return {
+        "helpdesk": {"name": "Example Support", "address": "support@example.com",
+                     "domain": "example.com", "attachments": str(tmp / "attachments")},
+        "database": {"url": f"sqlite:///{tmp / 'helpdesk.db'}"},
+        "outbound": outbound,
+        "staff": ["agent@example.com", "@staff.example.com"],
+        "categories": {
+            "customer_care": {"label": "Customer Care", "prefix": "CC",
+                              "addresses": ["support@example.com"], "lifecycle": "customer_care"},
+            "connections": {"label": "Connections", "prefix": "CN",
+                            "addresses": ["connections@example.com"], "lifecycle": "connections",
+                            "notify": ["connectivity@example.com"]},
+            "billing": {"label": "Billing", "prefix": "BL", "addresses": ["billing@example.com"],
+                        "lifecycle": "customer_care"},
+        },
+    }
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        elif value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return result
+
+
+def make_mail(sender: str, to: str | list[str], subject: str, body: str = "Hello.\n", *,
+              cc: list[str] | None = None, message_id: str | None = None,
+              in_reply_to: str | None = None, references: list[str] | None = None,
+              headers: dict[str, str] | None = None, html: str | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join([to] if isinstance(to, str) else to)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.format_datetime(START)
+    msg["Message-ID"] = message_id or email.utils.make_msgid(domain="customer.example")
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = " ".join(references or [in_reply_to])
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    if html:
+        msg.add_alternative(html, subtype="html")
+    return msg.as_bytes(policy=SMTP)
+
+
+@dataclass
+class Desk:
+    config_path: Path
+    app: App
+    clock: FixedClock
+    mta: Any  # the recording MTA (tests.servers.smtp.MTAServer; None with a Maildir outbox)
+
+    def ingest(self, raw: bytes, **kwargs: Any) -> Outcome:
+        outcome = ingest_raw(self.app, raw, source=kwargs.pop("source", "test"), **kwargs)
+        deliver_all(self.app)
+        return outcome
+
+    def sent(self) -> list[EmailMessage]:
+        return self.mta.handler.messages()
+
+    def sent_to(self, address: str) -> list[EmailMessage]:
+        return [m for m, d in zip(self.sent(), self.mta.handler.envelopes)
+                if address in d.rcpt_tos]
+
+    def case(self, ref: str) -> dict[str, Any]:
+        found = show_case(self.app, ref)
+        assert found is not None, f"no case {ref}"
+        return found
+
+    def cli(self, *args: str, input: bytes | None = None, check: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HELPDESK_CONFIG": str(self.config_path)}
+        result = subprocess.run([sys.executable, "-m", "helpdesk", *args], input=input,
+                                capture_output=True, env=env, timeout=120)
+        out = subprocess.CompletedProcess(result.args, result.returncode,
+                                          result.stdout.decode(), result.stderr.decode())
+        if check and out.returncode != 0:
+            raise AssertionError(f"helpdesk {' '.join(args)} exited {out.returncode}:\n"
+                                 f"{out.stdout}\n{out.stderr}")
+        return out
+
+
+def write_config(tmp: Path, config: dict[str, Any]) -> Path:
+    path = tmp / "helpdesk.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def desk_factory(tmp_path: Path, mta_factory: Callable[..., Any]) -> Iterator[Callable[..., Desk]]:
+    apps: list[App] = []
+    mta = mta_factory()  # restartable: tests stop and start it on the same port
+
+    def make(name: str = "desk", smtp: bool = True, **changes: Any) -> Desk:
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        config = merge(base_config(folder, mta.port if smtp else None), changes)
+        path = write_config(folder, config)
+        clock = FixedClock(START)
+        app = App.from_config(path, clock=clock)
+        db.upgrade(app.engine)
+        apps.append(app)
+        return Desk(path, app, clock, mta if smtp else None)
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def desk(desk_factory: Callable[..., Desk]) -> Desk:
+    return desk_factory()
