@@ -20,11 +20,6 @@ from helpdesk.config import ImapMailbox
 
 log = logging.getLogger(__name__)
 
-#: What a broken connection or a misbehaving server raises during a session.
-NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, imaplib.IMAP4.error, IMAPClientError, EOFError)
-
-
 class ImapError(Exception):
     """The mailbox cannot be used right now; the message is safe to log and store."""
 
@@ -112,7 +107,8 @@ def _ssl_context(mailbox: ImapMailbox) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
-        raise ImapError(f"cannot load ca_file {cafile} for mailbox {mailbox.name!r}: {exc}") from None
+        raise ImapError(
+            f"cannot load ca_file {cafile} for mailbox {mailbox.name!r}: {exc}") from None
 
 
 def _tls_error(mailbox: ImapMailbox, exc: BaseException) -> ImapError:

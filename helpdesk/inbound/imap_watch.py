@@ -85,9 +85,10 @@ class _Health:
     def failed(self, reason: str) -> None:
         self.failures += 1
         if reason != self.reason:
-            log.error("mailbox %s: %s; will retry with backoff", self.name, reason)
+            log.error("mailbox %s: %s (will retry with backoff)", self.name, reason)
         else:
-            log.debug("mailbox %s: still failing (attempt %d): %s", self.name, self.failures, reason)
+            log.debug("mailbox %s: still failing (attempt %d): %s",
+                      self.name, self.failures, reason)
         self.reason = reason
         record_error(self.app, self.name, reason)
 

@@ -200,9 +200,10 @@ def _describe(replies: dict[str, str]) -> str:
 
 def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) -> SendResult:
     row = session.get_one(Outbox, mail.id, with_for_update=True, populate_existing=True)
-    if row.status != "queued":
-        log.warning("outbox=%s mid=%s was already %s by another sender (claim ran out); "
-                    "it may have gone out twice", row.id, row.message_id, row.status)
+    if row.status != "queued":  # our claim ran out and another sender finished the row
+        if outcome.accepted:
+            log.warning("outbox=%s mid=%s was already %s by another sender (claim ran out); "
+                        "it may have gone out twice", row.id, row.message_id, row.status)
         return SendResult()
     if row.claimed_until != mail.claimed_until and not outcome.accepted:
         log.warning("outbox=%s: claim ran out while sending; leaving it to its new holder",
@@ -214,7 +215,7 @@ def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) 
     reason = outcome.reason
     row.attempts, row.claimed_until = attempts, None
     if temporary and (attempts >= MAX_ATTEMPTS or now - row.created_at >= MAX_AGE):
-        give_up = f"gave up after {attempts} attempts"
+        give_up = f"gave up after {attempts} attempt{'' if attempts == 1 else 's'}"
         permanent.update({a: f"{give_up}: {r}" for a, r in temporary.items()})
         temporary = {}
         reason = reason and f"{give_up}: {reason}"
@@ -228,8 +229,7 @@ def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) 
 
     notes = []
     if permanent:
-        notes.append(reason if reason and not outcome.accepted else
-                     f"refused: {_describe(permanent)}")
+        notes.append(reason or f"failed: {_describe(permanent)}")
     if temporary:  # some accepted or refused for good, the rest deferred: split
         remainder = Outbox(
             case_id=row.case_id, kind=row.kind, mail_from=row.mail_from,

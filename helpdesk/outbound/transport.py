@@ -131,6 +131,7 @@ class SmtpTransport:
                 pass
             self.close()
         self._smtp = self._connect()
+        log.debug("connected to %s (%s)", self.address, self._settings.security)
         return self._smtp
 
     def send(self, mail_from: str, recipients: Sequence[str], raw: bytes) -> Refused:

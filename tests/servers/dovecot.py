@@ -23,7 +23,8 @@ Fixtures:
     dovecot.conf settings, e.g. ``imap_capability="IMAP4rev1 LITERAL+"`` for a
     server without MOVE, UIDPLUS and IDLE. Stopped at the end of the session.
 
-Without a ``dovecot`` binary the fixtures skip, or fail when ``CI=true``.
+Without a ``dovecot`` binary the fixtures skip, or fail when ``CI=true``
+(``HELPDESK_TEST_DOVECOT=/path/to/dovecot`` picks another binary).
 Tests that use a Dovecot fixture get the ``imap`` marker automatically.
 """
 from __future__ import annotations
@@ -109,6 +110,9 @@ def free_port() -> int:
 
 
 def dovecot_binary() -> str | None:
+    """``$HELPDESK_TEST_DOVECOT`` if set, else ``dovecot`` on PATH or in an sbin."""
+    if (override := os.environ.get("HELPDESK_TEST_DOVECOT")) is not None:
+        return shutil.which(override)
     return shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
 
 
@@ -198,19 +202,24 @@ class DovecotServer:
         """Start (again) on the same ports; returns when the greeting arrives."""
         if self.running:
             return
-        self._proc = subprocess.Popen(
-            [self.binary, "-F", "-c", str(self.conf)], start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(self.dir / "dovecot.out", "ab") as out:  # the child keeps its own copy
+            self._proc = subprocess.Popen(
+                [self.binary, "-F", "-c", str(self.conf)], start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while not (self._greets(self.port) and self._accepts(self.tls_port)):
             if self._proc.poll() is not None:
-                stderr = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 self._reap()
-                raise RuntimeError(f"dovecot exited at start: {stderr}\n{self.log[-2000:]}")
+                raise RuntimeError(f"dovecot exited at start:\n{self._output()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"dovecot did not listen within {START_TIMEOUT}s:\n{self.log[-2000:]}")
+                raise RuntimeError(f"dovecot did not listen within {START_TIMEOUT}s:\n"
+                                   f"{self._output()}")
             time.sleep(0.05)
+
+    def _output(self) -> str:
+        out = (self.dir / "dovecot.out").read_text(errors="replace")
+        return f"{out[-2000:]}\n{self.log[-2000:]}"
 
     def stop(self) -> None:
         """Stop the master and every child (the whole process group)."""
@@ -239,8 +248,6 @@ class DovecotServer:
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=10)
-        if self._proc.stderr:
-            self._proc.stderr.close()
         self._proc = None
 
     def _greets(self, port: int) -> bool:

@@ -142,9 +142,17 @@ class RecordingMTA:
 
 
 class _CountingController(Controller):
+    """Counts client connections; ``stop()`` then ``start()`` works (same port, handler)."""
+
     def factory(self) -> Any:
         self.handler.connections += 1
         return super().factory()
+
+    def start(self) -> None:
+        if self.loop.is_closed():  # stop() closes it; a restart needs a fresh one
+            self.loop = asyncio.new_event_loop()
+        super().start()
+        self.handler.connections -= 1  # the controller's own readiness probe
 
 
 class MTAServer:
@@ -170,7 +178,6 @@ class MTAServer:
             ssl_context=self._ssl_context, server_hostname=MTA_HOSTNAME,
             authenticator=self.handler.authenticate, **self._smtp_kwargs)
         controller.start()
-        self.handler.connections -= 1  # the controller's own readiness probe
         self.controller = controller
         return self
 

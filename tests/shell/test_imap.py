@@ -18,7 +18,6 @@ from helpdesk.config import ImapMailbox, Settings
 from helpdesk.inbound import imap, ingest
 from helpdesk.store import db
 from helpdesk.store.orm import Inbound, MailboxState, Outbox
-from tests.servers.dovecot import DovecotAccount
 
 pytestmark = pytest.mark.imap
 
@@ -27,7 +26,8 @@ pytestmark = pytest.mark.imap
 def mail(n: int = 1, *, sender: str = "ann@customer.test", body: str = "My printer is on fire.",
          subject: str | None = None) -> bytes:
     return (f"From: Ann <{sender}>\r\nTo: support@example.com\r\n"
-            f"Subject: {subject or f'Help needed #{n}'}\r\nMessage-ID: {make_msgid('t', 'customer.test')}\r\n"
+            f"Subject: {subject or f'Help needed #{n}'}\r\n"
+            f"Message-ID: {make_msgid('t', 'customer.test')}\r\n"
             f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n"
             f"\r\n{body}\r\n").encode()
 
