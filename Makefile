@@ -14,18 +14,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Dovecot is the real IMAP server the tests start on a loopback port. As root
-# (CI, containers) it is installed with apt-get; otherwise we only say it is
-# missing: the IMAP tests then skip locally, and fail under CI=true.
+# Dovecot (IMAP) and PostgreSQL are real servers the tests start on loopback
+# ports. As root (CI, containers) they are installed with apt-get; otherwise we
+# only say what is missing: those tests then skip locally, and fail under CI=true.
 system-deps:
-	@if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then \
+	@missing=""; \
+	command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-imapd"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing dovecot-imapd ..."; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dovecot-imapd >/dev/null; \
-	    (service dovecot stop || true) >/dev/null 2>&1; \
+	    echo "installing$$missing ..."; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    (service dovecot stop; service postgresql stop) >/dev/null 2>&1 || true; \
 	  else \
-	    echo "note: dovecot-imapd is not installed (needs root); IMAP tests will skip" >&2; \
+	    echo "note:$$missing not installed (needs root); those tests will skip" >&2; \
 	  fi; \
 	fi
 

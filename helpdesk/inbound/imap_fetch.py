@@ -9,7 +9,8 @@ The order is what makes it safe:
    ``ingest_raw``, which commits its own transaction.
 4. Only then the message leaves the folder: MOVE to ``processed_folder`` (or
    COPY + ``\\Deleted`` + EXPUNGE), to ``failed_folder`` when quarantined, or, with
-   no processed folder, ``\\Seen`` + ``$HelpdeskDone``.
+   no processed folder, ``\\Seen`` + ``$HelpdeskDone`` (just ``\\Seen`` where the
+   server keeps no keywords; then a UIDVALIDITY change re-ingests, harmlessly).
 5. The watermark advances past what was acknowledged, in its own transaction.
 
 A crash between 3 and 4 re-ingests the message on the next pass; ``ingest_raw``
@@ -72,43 +73,62 @@ class _Acks:
         return {*self.done, *self.failed, *self.skipped}
 
 
+@dataclass
+class _Pass:
+    """Everything one pass needs, so the steps below stay small."""
+
+    app: App
+    mailbox: ImapMailbox
+    client: IMAPClient
+    uidvalidity: int
+    keywords: bool  # the folder stores $HelpdeskDone (PERMANENTFLAGS has \*)
+    folders: _Folders
+    result: FetchResult
+    stop: threading.Event | None
+
+    def key(self, uid: int) -> str:
+        return f"{self.uidvalidity}:{uid}"
+
+
 def fetch_once(app: App, mailbox: ImapMailbox, client: IMAPClient, *,
                stop: threading.Event | None = None) -> FetchResult:
     """One pass over ``mailbox.folder``; returns what happened.
 
-    Raises ``ingest.StorageUnavailable`` (after acknowledging what did commit) when
-    the database cannot take a message: the message stays on the server. Network and
+    *stop* is looked at between messages: the message in hand is finished and
+    acknowledged, the rest waits for the next pass. Raises
+    ``ingest.StorageUnavailable`` (after acknowledging what did commit) when the
+    database cannot take a message: that message stays on the server. Network and
     IMAP errors propagate; nothing unacknowledged is lost, it is fetched again.
     """
-    result = FetchResult(mailbox.name)
-    uidvalidity = int(client.select_folder(mailbox.folder)[b"UIDVALIDITY"])
-    result.uidvalidity = uidvalidity
-    last_uid = load_watermark(app, mailbox.name, uidvalidity)
-    uids = _new_uids(client, mailbox, last_uid)
-    result.found = len(uids)
-    folders = _Folders(client)
+    info = client.select_folder(mailbox.folder)
+    uidvalidity = int(info[b"UIDVALIDITY"])
+    run = _Pass(app, mailbox, client, uidvalidity,
+                keywords=b"\\*" in info.get(b"PERMANENTFLAGS", ()), folders=_Folders(client),
+                result=FetchResult(mailbox.name, uidvalidity), stop=stop)
+    uids = _new_uids(run, load_watermark(app, mailbox.name, uidvalidity))
+    run.result.found = len(uids)
     for batch in _chunks(uids, mailbox.batch_size):
         acks = _Acks()
         try:
-            _process_batch(app, mailbox, client, uidvalidity, batch, acks, result, stop)
+            _process_batch(run, batch, acks)
         except (ingest.StorageUnavailable, SQLAlchemyError):
-            _acknowledge(app, mailbox, client, uidvalidity, batch, acks, folders)
+            _acknowledge(run, batch, acks)
             raise
-        _acknowledge(app, mailbox, client, uidvalidity, batch, acks, folders)
-        if result.interrupted:
+        _acknowledge(run, batch, acks)
+        if run.result.interrupted:
             break
     record_success(app, mailbox.name)
-    if result.found:
-        log.info("mailbox %s: %s", mailbox.name, result.summary())
-    return result
+    if run.result.found:
+        log.info("mailbox %s: %s", mailbox.name, run.result.summary())
+    return run.result
 
 
-def _new_uids(client: IMAPClient, mailbox: ImapMailbox, last_uid: int) -> list[int]:
+def _new_uids(run: _Pass, last_uid: int) -> list[int]:
     criteria: list[str | bytes] = ["UID", f"{last_uid + 1}:*", "UNDELETED"]
-    if mailbox.processed_folder is None:
+    if run.mailbox.processed_folder is None and run.keywords:
         criteria += ["NOT", "KEYWORD", DONE_KEYWORD]
     # "n:*" always matches the highest UID, even below n: filter.
-    return sorted(uid for uid in client.search(criteria) if uid > last_uid)
+    return sorted(uid for uid in run.client.search(criteria) if uid > last_uid)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -116,32 +136,30 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[start:start + size]
 
 
-def _process_batch(app: App, mailbox: ImapMailbox, client: IMAPClient, uidvalidity: int,
-                   batch: list[int], acks: _Acks, result: FetchResult,
-                   stop: threading.Event | None) -> None:
-    limit = app.settings.limits.max_message_size
-    sizes = client.fetch(batch, ["RFC822.SIZE"])
+def _process_batch(run: _Pass, batch: list[int], acks: _Acks) -> None:
+    limit = run.app.settings.limits.max_message_size
+    sizes = run.client.fetch(batch, ["RFC822.SIZE"])
     wanted: list[tuple[int, int]] = []
     for uid in batch:
         if uid not in sizes:
             acks.skipped.append(uid)
-            result.vanished += 1
+            run.result.vanished += 1
         elif (size := int(sizes[uid][b"RFC822.SIZE"])) > limit:
-            _too_large(app, mailbox, client, uid, size, acks, result)
+            _too_large(run, uid, size, acks)
         else:
             wanted.append((uid, size))
     for group in _by_budget(wanted):
-        bodies = client.fetch([uid for uid, _ in group], ["BODY.PEEK[]"])
+        bodies = run.client.fetch([uid for uid, _ in group], ["BODY.PEEK[]"])
         for uid, _size in group:
-            if stop is not None and stop.is_set():
-                result.interrupted = True
+            if run.stop is not None and run.stop.is_set():
+                run.result.interrupted = True
                 return
             raw = bodies.pop(uid, {}).get(b"BODY[]")
             if raw is None:
                 acks.skipped.append(uid)
-                result.vanished += 1
+                run.result.vanished += 1
                 continue
-            _ingest_one(app, mailbox, uidvalidity, uid, raw, acks, result)
+            _ingest_one(run, uid, raw, acks)
 
 
 def _by_budget(wanted: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
@@ -157,49 +175,50 @@ def _by_budget(wanted: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]
         yield group
 
 
-def _ingest_one(app: App, mailbox: ImapMailbox, uidvalidity: int, uid: int, raw: bytes,
-                acks: _Acks, result: FetchResult) -> None:
-    key = f"{uidvalidity}:{uid}"
+def _ingest_one(run: _Pass, uid: int, raw: bytes, acks: _Acks) -> None:
+    name, failed_folder = run.mailbox.name, run.mailbox.failed_folder
     try:
-        outcome = ingest.ingest_raw(app, raw, source=f"imap:{mailbox.name}", source_key=key)
+        outcome = ingest.ingest_raw(run.app, raw, source=f"imap:{name}", source_key=run.key(uid))
     except (ingest.StorageUnavailable, SQLAlchemyError):
         log.error("mailbox %s uid=%s: database unavailable; message left on the server",
-                  mailbox.name, key)
+                  name, run.key(uid))
         raise
     except Exception:
         # A bug, not the message's fault alone: keep the bytes (failed folder) and go on.
         log.exception("mailbox %s uid=%s: ingest raised; moving it to %s",
-                      mailbox.name, key, mailbox.failed_folder)
+                      name, run.key(uid), failed_folder)
         acks.failed.append(uid)
-        result.errors += 1
+        run.result.errors += 1
         return
     if outcome.quarantined:
         log.warning("mailbox %s uid=%s: quarantined (%s); moving it to %s",
-                    mailbox.name, key, outcome.status, mailbox.failed_folder)
+                    name, run.key(uid), outcome.reason or outcome.status, failed_folder)
         acks.failed.append(uid)
-        result.quarantined += 1
+        run.result.quarantined += 1
     else:
         acks.done.append(uid)
-        result.ingested += 1
+        run.result.ingested += 1
 
 
-def _too_large(app: App, mailbox: ImapMailbox, client: IMAPClient, uid: int, size: int,
-               acks: _Acks, result: FetchResult) -> None:
-    header = client.fetch([uid], ["BODY.PEEK[HEADER]"]).get(uid, {}).get(b"BODY[HEADER]")
+def _too_large(run: _Pass, uid: int, size: int, acks: _Acks) -> None:
+    fetched = run.client.fetch([uid], ["BODY.PEEK[HEADER]"])
+    header = fetched.get(uid, {}).get(b"BODY[HEADER]")
     if header is None:
         acks.skipped.append(uid)
-        result.vanished += 1
+        run.result.vanished += 1
         return
     log.warning("mailbox %s uid=%s: %d bytes is over max_message_size; not downloaded, "
-                "moving it to %s", mailbox.name, uid, size, mailbox.failed_folder)
+                "moving it to %s", run.mailbox.name, run.key(uid), size,
+                run.mailbox.failed_folder)
     try:
-        ingest.notify_too_large(app, header, size)
+        ingest.notify_too_large(run.app, header, size)
     except (ingest.StorageUnavailable, SQLAlchemyError):
         raise
     except Exception:
-        log.exception("mailbox %s uid=%s: could not queue the too-large notice", mailbox.name, uid)
+        log.exception("mailbox %s uid=%s: could not queue the too-large notice",
+                      run.mailbox.name, run.key(uid))
     acks.failed.append(uid)
-    result.too_large += 1
+    run.result.too_large += 1
 
 
 # -- acknowledging on the server -------------------------------------------------
@@ -219,18 +238,19 @@ class _Folders:
         self.known.add(folder)
 
 
-def _acknowledge(app: App, mailbox: ImapMailbox, client: IMAPClient, uidvalidity: int,
-                 batch: list[int], acks: _Acks, folders: _Folders) -> None:
+def _acknowledge(run: _Pass, batch: list[int], acks: _Acks) -> None:
+    mailbox, client = run.mailbox, run.client
     if acks.done:
-        if mailbox.processed_folder is None:
-            client.add_flags(acks.done, [SEEN, DONE_KEYWORD], silent=True)
+        if mailbox.processed_folder is not None:
+            move(client, acks.done, mailbox.processed_folder, run.folders)
         else:
-            move(client, acks.done, mailbox.processed_folder, folders)
+            flags = [SEEN, DONE_KEYWORD] if run.keywords else [SEEN]
+            client.add_flags(acks.done, flags, silent=True)
     if acks.failed:
-        move(client, acks.failed, mailbox.failed_folder, folders)
+        move(client, acks.failed, mailbox.failed_folder, run.folders)
     mark = _watermark(batch, acks.handled())
     if mark is not None:
-        save_watermark(app, mailbox.name, uidvalidity, mark)
+        save_watermark(run.app, mailbox.name, run.uidvalidity, mark)
 
 
 def _watermark(batch: list[int], handled: set[int]) -> int | None:

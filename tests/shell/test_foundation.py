@@ -11,12 +11,22 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from helpdesk.inbound.ingest import ingest_raw
 from helpdesk.outbound.deliver import deliver_all
 from tests.servers.helpdesk import make_mail, merge, base_config, write_config
 from tests.servers.smtp import free_port, wait_for
 
 ANA = "Ana Garcia <ana@customer.example>"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def desk(request, desk_factory):
+    """Every pipeline test runs on both databases: nothing SQLite-only may hide."""
+    if request.param == "postgresql":
+        return desk_factory(database={"url": request.getfixturevalue("postgres_url")})
+    return desk_factory()
 
 
 def first_ref(desk) -> str:

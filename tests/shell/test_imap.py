@@ -187,6 +187,23 @@ def test_storage_failure_leaves_the_message_and_stops_the_pass(dovecot, make_app
     assert dovecot.count("INBOX") == 0 and len(inbound_rows(app)) == 3
 
 
+def test_stop_finishes_the_message_in_hand_and_leaves_the_rest(dovecot, make_app, monkeypatch):
+    app = make_app(dovecot.mailbox_config())
+    dovecot.append_many([mail(1), mail(2), mail(3)])
+    stop, real = threading.Event(), ingest.ingest_raw
+
+    def then_stop(app_: App, raw: bytes, **kw: Any) -> ingest.Outcome:
+        stop.set()  # SIGTERM arrives while the first message is in hand
+        return real(app_, raw, **kw)
+
+    monkeypatch.setattr(ingest, "ingest_raw", then_stop)
+    result = fetch(app, stop=stop)
+
+    assert result.interrupted and result.ingested == 1
+    assert dovecot.count("Processed") == 1 and dovecot.count("INBOX") == 2
+    assert state(app).last_uid == 1
+
+
 def test_reingest_after_a_crash_before_the_move_is_harmless(dovecot, make_app):
     app = make_app(dovecot.mailbox_config())
     dovecot.append(mail(1))
