@@ -99,6 +99,7 @@ def db_upgrade(ctx: click.Context) -> None:
 def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
     """Process raw RFC 5322 messages from FILES, or stdin when none (MTA pipe mode),
     then deliver the outbox."""
+    from helpdesk.hooks import run_pending_hooks
     from helpdesk.inbound.ingest import StorageUnavailable, ingest_raw
     from helpdesk.outbound.deliver import deliver_all
     app = _app(ctx)
@@ -115,7 +116,9 @@ def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
         failed += outcome.quarantined
         click.echo(f"{name}: {outcome.status}" + (f" {outcome.ref}" if outcome.ref else "")
                    + (f" ({outcome.reason})" if outcome.reason else ""))
-    deliver_all(app)
+    deliver_all(app)  # acknowledgements first: a hook may take up to its timeout
+    if run_pending_hooks(app):  # activation hooks of new connections cases, to completion
+        deliver_all(app)
     if failed:
         raise Failure(f"{failed} message(s) quarantined; see `helpdesk failed list`")
 
@@ -124,13 +127,16 @@ def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
 @click.pass_context
 def fetch(ctx: click.Context) -> None:
     """One pass over the IMAP mailboxes, then deliver the outbox (cron mode)."""
+    from helpdesk.hooks import run_pending_hooks
     from helpdesk.inbound.imap import fetch_all
     from helpdesk.outbound.deliver import deliver_all
     app = _app(ctx)
     if not app.settings.inbound.imap:
         raise click.UsageError("no inbound.imap mailbox is configured")
     errors = fetch_all(app)
-    deliver_all(app)
+    deliver_all(app)  # acknowledgements first: a hook may take up to its timeout
+    if run_pending_hooks(app):  # activation hooks of new connections cases, to completion
+        deliver_all(app)
     if errors:
         raise Failure(f"{errors} mailbox(es) failed; see the log or `helpdesk status`")
 

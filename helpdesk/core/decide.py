@@ -289,7 +289,10 @@ def staff_reply(case: CaseView, msg: InboundMessage, policy: Policy) -> Decision
         carriers = [i for i, m in enumerate(mails) if m.to is Audience.PARTICIPANTS]
         if carriers:
             first = mails[carriers[0]]
-            mails[carriers[0]] = Mail(first.kind, first.to, first.note, body.text)
+            # Its templates print `note`: the command's own text (#resolve Fixed it),
+            # then the staff's words, so the solution / question reaches the customer.
+            note = "\n\n".join(filter(None, (first.note, body.text)))
+            mails[carriers[0]] = Mail(first.kind, first.to, note, body.text)
         else:
             mails.append(Mail(MailKind.RELAY, Audience.PARTICIPANTS, relay_text=body.text))
     events = decision.events

@@ -43,7 +43,8 @@ from helpdesk.outbound.transport import (
     Transport,
     make_transport,
 )
-from helpdesk.store.orm import Event, Outbox
+from helpdesk.core.timers import retry_at
+from helpdesk.store.orm import Event, Outbox, Participant
 
 __all__ = [
     "LEASE", "MAX_AGE", "MAX_ATTEMPTS", "ConnectionFailure", "DeliveryError",
@@ -56,17 +57,6 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=5)  # a claim older than this belongs to a dead sender
 MAX_ATTEMPTS = 20
 MAX_AGE = timedelta(days=3)  # counted from created_at; then a temporary failure is final
-
-
-def _retry_at(attempts: int, now: datetime, *, base: float = 60, cap: float = 6 * 3600) -> datetime:
-    """When to try again after ``attempts`` failed tries: 1 min, 2, 4, ... capped at 6 h.
-
-    The same curve as ``helpdesk.core.timers.retry_at`` (without its jitter), so the
-    two can be folded into one.
-    """
-    if attempts <= 0:
-        return now
-    return now + timedelta(seconds=min(cap, base * 2.0 ** min(attempts - 1, 64)))
 
 
 @dataclass(frozen=True)
@@ -221,7 +211,7 @@ def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) 
         reason = reason and f"{give_up}: {reason}"
 
     if temporary and not outcome.accepted and not permanent:  # try it all again later
-        row.next_attempt_at = _retry_at(attempts, now)
+        row.next_attempt_at = retry_at(attempts, now)
         row.last_error = reason or _describe(temporary)
         log.warning("deferred outbox=%s mid=%s attempt=%d until %s: %s", row.id,
                     row.message_id, attempts, row.next_attempt_at.isoformat(), row.last_error)
@@ -234,7 +224,7 @@ def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) 
         remainder = Outbox(
             case_id=row.case_id, kind=row.kind, mail_from=row.mail_from,
             recipients=list(temporary), message_id=row.message_id, raw=row.raw,
-            status="queued", attempts=attempts, next_attempt_at=_retry_at(attempts, now),
+            status="queued", attempts=attempts, next_attempt_at=retry_at(attempts, now),
             last_error=_describe(temporary), created_at=row.created_at)
         session.add(remainder)
         session.flush()
@@ -259,5 +249,18 @@ def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) 
             "refused": permanent, "delivered": list(outcome.accepted),
             **({"deferred": list(temporary)} if temporary else {}),
         }))
+        if not outcome.reason:  # the server refused these addresses themselves (RCPT 5xx)
+            _mark_undeliverable(session, row.case_id, list(outcome.permanent), now)
     return SendResult(sent=1 if outcome.accepted else 0, dead=0 if outcome.accepted else 1,
                       retried=1 if temporary else 0)
+
+
+def _mark_undeliverable(session: Session, case_id: int, addresses: list[str], now: datetime) -> None:
+    """A hard refusal at RCPT time is as good as a bounce: stop mailing that address."""
+    for address in addresses:
+        changed = session.execute(update(Participant).where(
+            Participant.case_id == case_id, Participant.address == address,
+            Participant.undeliverable.is_(False)).values(undeliverable=True)).rowcount
+        if changed:
+            session.add(Event(case_id=case_id, at=now, type="participant_undeliverable",
+                              detail={"address": address, "source": "smtp refusal"}))

@@ -21,7 +21,6 @@ from helpdesk.outbound.sender import (
     MaildirTransport,
     SendResult,
     SmtpTransport,
-    _retry_at,
     make_transport,
     send_due,
 )
@@ -435,13 +434,3 @@ def test_make_transport_follows_the_config(tmp_path, mta):
     assert isinstance(smtp, SmtpTransport)
     assert smtp.send("support@example.com", [ANN], render()[1]) == {}
     smtp.close()
-
-
-# -- backoff ----------------------------------------------------------------------
-
-@pytest.mark.parametrize(("attempts", "delay"), [
-    (0, timedelta(0)), (1, timedelta(minutes=1)), (2, timedelta(minutes=2)),
-    (9, timedelta(minutes=256)), (10, timedelta(hours=6)), (10_000, timedelta(hours=6)),
-])
-def test_retry_at_doubles_from_one_minute_up_to_six_hours(attempts, delay):
-    assert _retry_at(attempts, T0) == T0 + delay
