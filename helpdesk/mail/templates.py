@@ -55,7 +55,7 @@ made from ``CONTEXT``:
 | `reminder` | for `reminder`: `number` (1-based), `total`, `closes_at`; else `None` |
 | `reopen_days` | days the customer has to reply to reopen a resolved case |
 | `old_case` | `{ref, subject}` of the closed case whose reply opened this one, or `None` |
-| `existing_case` | `{ref, subject, status_label}` of the request a `duplicate` repeats, or `None` |
+| `existing_case` | for `duplicate`: `{ref, subject, status_label}` of the request under way (the same as `case`), else `None` |
 | `output` | for `credentials`: the activation hook's stdout; `""` otherwise |
 | `relay` | for `relay`: the staff answer relayed, else `None` |
 | `relay.author` | its author's address |
@@ -135,7 +135,8 @@ CONTEXT: dict[str, str] = {
     "reopen_days": "days the customer has to reply to reopen a resolved case",
     "old_case": "`{ref, subject}` of the closed case whose reply opened this one, or `None`",
     "existing_case": (
-        "`{ref, subject, status_label}` of the request a `duplicate` repeats, or `None`"
+        "for `duplicate`: `{ref, subject, status_label}` of the request under way (the same as "
+        "`case`), else `None`"
     ),
     "output": "for `credentials`: the activation hook's stdout; `\"\"` otherwise",
     "relay": "for `relay`: the staff answer relayed, else `None`",
@@ -564,7 +565,7 @@ _SAMPLE_STATUS = {
     "command_error": ("in_progress", "in_progress"),
     "credentials": ("delivered", "delivered"),
     "manual_review": ("in_progress", "in_progress"),
-    "duplicate": ("not_completed", "not_completed"),
+    "duplicate": ("in_progress", "in_progress"),
     "not_completed": ("not_completed", "not_completed"),
     "too_large": ("open", "in_progress"),
     "staff_notice": ("in_progress", "in_progress"),

@@ -356,10 +356,10 @@ def test_credentials_carry_the_hook_output_verbatim(renderer):
     assert "<pre" in body.html
 
 
-def test_duplicate_names_the_existing_case(renderer):
+def test_duplicate_names_the_request_already_under_way(renderer):
     body = renderer.render("connections", "duplicate", sample_context("duplicate", "connections"))
-    assert "CN-000040" in body.text and "CN-000040" in body.html
-    assert "Not completed" in body.text
+    assert "CN-000042" in body.text and "CN-000042" in body.html
+    assert "In progress" in body.text and "added to CN-000042" in body.text
 
 
 def test_command_error_lists_the_errors(renderer):
