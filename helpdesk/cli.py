@@ -146,11 +146,14 @@ def fetch(ctx: click.Context) -> None:
 @click.pass_context
 def sweep(ctx: click.Context, now: str | None) -> None:
     """Run the lifecycle timers (reminders, closures) once, then deliver the outbox."""
+    from helpdesk.clock import FixedClock
     from helpdesk.outbound.deliver import deliver_all
     from helpdesk.sweep import sweep as run_sweep
     app = _app(ctx)
     when = _parse_now(now) if now else app.clock.now()
     moved = run_sweep(app, when)
+    if when > app.clock.now():  # what it queued as of a future --now is due as of then too
+        app.clock = FixedClock(when)
     deliver_all(app)
     click.echo(f"sweep as of {when.isoformat()}: {moved} case(s) moved")
 
@@ -278,6 +281,7 @@ def failed_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def failed_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
     """Run quarantined messages (all, or the given IDs) through the pipeline again."""
+    from helpdesk.hooks import run_pending_hooks
     from helpdesk.inbound.ingest import retry_failed
     from helpdesk.outbound.deliver import deliver_all
     from helpdesk.views import list_failed
@@ -293,6 +297,8 @@ def failed_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
         click.echo(f"{inbound_id}: {outcome.status}" + (f" {outcome.ref}" if outcome.ref else "")
                    + (f" ({outcome.reason})" if outcome.quarantined else ""))
     deliver_all(app)
+    if run_pending_hooks(app):  # a retried mail may have opened a connections case
+        deliver_all(app)
     if still:
         raise Failure(f"{still} message(s) still fail")
 
