@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 IDLE_CHECK = 1.0  # seconds between looks at `stop` while idling
 IDLE_RENEW_MAX = 600.0  # RFC 2177: servers may drop an IDLE after 29 minutes
+MAX_PASSES_IN_A_ROW = 5  # then IDLE anyway: a server that repeats EXISTS must not spin us
 WAKE_RESPONSES = frozenset({b"EXISTS", b"RECENT"})
 
 
@@ -119,13 +121,18 @@ def _session(app: App, mailbox: ImapMailbox, stop: threading.Event,
     try:
         use_idle = mailbox.idle and client.has_capability("IDLE")
         mode = "IDLE" if use_idle else f"polling every {mailbox.poll_interval.total_seconds():g}s"
+        again = 0
         while not stop.is_set():
             result = fetch_once(app, mailbox, client, stop=stop)
             health.ok(mode)
             if result.handled:
                 _notify(on_fetched, mailbox)
+            if _mail_arrived_during_pass(client) and again < MAX_PASSES_IN_A_ROW:
+                again += 1  # its EXISTS came with another answer: IDLE would not repeat it
+                continue
+            again = 0
             if use_idle:
-                _idle(client, stop, renew)
+                _idle(client, stop, renew, mailbox.timeout.total_seconds())
             else:
                 stop.wait(mailbox.poll_interval.total_seconds())
     finally:
@@ -139,7 +146,7 @@ def _notify(on_fetched: Callable[[], None], mailbox: ImapMailbox) -> None:
         log.exception("mailbox %s: on_fetched callback failed", mailbox.name)
 
 
-def _idle(client: IMAPClient, stop: threading.Event, renew: float) -> None:
+def _idle(client: IMAPClient, stop: threading.Event, renew: float, timeout: float) -> None:
     """IDLE until new mail, *stop*, or *renew* seconds; then DONE.
 
     An empty answer long before the check timeout means the socket is readable
@@ -149,6 +156,8 @@ def _idle(client: IMAPClient, stop: threading.Event, renew: float) -> None:
     client.idle()
     deadline = time.monotonic() + renew
     while not stop.is_set() and time.monotonic() < deadline:
+        if _buffered_input(client, timeout):
+            break  # e.g. "+ idling" and "* 1 EXISTS" arrived in one read
         started = time.monotonic()
         responses = client.idle_check(timeout=IDLE_CHECK)
         if any(_wakes(r) for r in responses):
@@ -162,3 +171,32 @@ def _wakes(response: tuple[object, ...]) -> bool:
     if response and response[0] == b"BYE":
         return True
     return len(response) > 1 and response[1] in WAKE_RESPONSES
+
+
+# Two gaps in imapclient 3.x/4.x that lose IDLE wake-ups, bridged through imaplib's
+# state (``client._imap``). Without that state both answer False: we lose nothing
+# but latency, because every IDLE renewal does a full pass anyway.
+def _mail_arrived_during_pass(client: IMAPClient) -> bool:
+    """imaplib keeps untagged responses that came with other commands' answers.
+
+    The SELECT of each pass starts the list afresh with its own EXISTS; any further
+    EXISTS is mail that arrived during the pass and that IDLE will not announce again.
+    """
+    untagged = getattr(getattr(client, "_imap", None), "untagged_responses", None) or {}
+    return len(untagged.get("EXISTS", ())) > 1
+
+
+def _buffered_input(client: IMAPClient, timeout: float) -> bool:
+    """Data already read from the socket but not parsed: ``idle_check`` polls the
+    socket only, so lines sitting in imaplib's buffer would wait for the renewal."""
+    reader = getattr(getattr(client, "_imap", None), "file", None)
+    if reader is None:
+        return False
+    sock = client.socket()
+    sock.setblocking(False)
+    try:
+        return bool(reader.peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    finally:
+        sock.settimeout(timeout)

@@ -19,9 +19,10 @@ Fixtures:
     clients get a BYE), ``kill()`` (SIGKILL: connections just drop), ``start()``
     (again, same ports, same mail), ``log`` (the server's log text).
 ``dovecot_factory``
-    ``dovecot_factory(**settings) -> DovecotServer``: a separate server with extra
+    ``dovecot_factory(**settings) -> DovecotServer``: a server with extra
     dovecot.conf settings, e.g. ``imap_capability="IMAP4rev1 LITERAL+"`` for a
-    server without MOVE, UIDPLUS and IDLE. Stopped at the end of the session.
+    server without MOVE, UIDPLUS and IDLE; one per distinct settings, shared by
+    the session (take a ``new_account()``), stopped at its end.
 
 Without a ``dovecot`` binary the fixtures skip, or fail when ``CI=true``
 (``HELPDESK_TEST_DOVECOT=/path/to/dovecot`` picks another binary).
@@ -30,6 +31,7 @@ Tests that use a Dovecot fixture get the ``imap`` marker automatically.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import grp
 import itertools
 import os
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from imapclient import IMAPClient
 
 DOVECOT_FIXTURES = frozenset({"dovecot", "dovecot_tls", "dovecot_server", "dovecot_factory"})
@@ -126,6 +129,16 @@ def _require_dovecot() -> str:
     pytest.skip(message)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when pytest dies (even SIGKILLed), so no Dovecot outlives
+    its session; Dovecot's children exit by themselves once their master is gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
 def _mail_user() -> tuple[str, int, int]:
     """Who owns the mail files: Dovecot's userdb may not return uid 0."""
     if os.geteuid() != 0:
@@ -156,8 +169,8 @@ class DovecotServer:
 
     @classmethod
     def create(cls, binary: str, base: Path, extra: dict[str, str] | None = None) -> DovecotServer:
-        import trustme
-
+        """Config, certificate and passwd-file in *base* (whose parents must be
+        traversable by ``nobody`` when we are root); ``start()`` runs it."""
         base.mkdir(mode=0o755, parents=True, exist_ok=True)
         base.chmod(0o755)  # the auth process may run as nobody: 0700 breaks it
         ca = trustme.CA()
@@ -205,7 +218,8 @@ class DovecotServer:
         with open(self.dir / "dovecot.out", "ab") as out:  # the child keeps its own copy
             self._proc = subprocess.Popen(
                 [self.binary, "-F", "-c", str(self.conf)], start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent)
         deadline = time.monotonic() + START_TIMEOUT
         while not (self._greets(self.port) and self._accepts(self.tls_port)):
             if self._proc.poll() is not None:
@@ -404,19 +418,24 @@ class DovecotAccount:
 
 # -- fixtures ------------------------------------------------------------------
 class _Servers:
+    """The session's servers, one per distinct set of extra settings."""
+
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.started: list[DovecotServer] = []
+        self.started: dict[tuple[tuple[str, str], ...], DovecotServer] = {}
 
     def make(self, **extra: str) -> DovecotServer:
-        binary = _require_dovecot()
-        server = DovecotServer.create(binary, self.base / f"dovecot{len(self.started)}", extra)
-        self.started.append(server)
-        server.start()
+        key = tuple(sorted(extra.items()))
+        if key not in self.started:
+            binary = _require_dovecot()
+            self.started[key] = DovecotServer.create(
+                binary, self.base / f"dovecot{len(self.started)}", extra)
+        server = self.started[key]
+        server.start()  # a test before may have stopped it
         return server
 
     def stop_all(self) -> None:
-        for server in self.started:
+        for server in self.started.values():
             server.stop()
 
 
@@ -458,7 +477,7 @@ def dovecot_tls(dovecot_server: DovecotServer) -> DovecotAccount:
     return dovecot_server.new_account(tls=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def dovecot_factory(_dovecot_servers: _Servers) -> Any:
     """``dovecot_factory(**conf_settings) -> DovecotServer``, e.g. without MOVE."""
     return _dovecot_servers.make
