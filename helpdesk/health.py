@@ -36,7 +36,11 @@ def health_report(app: App, now: datetime) -> HealthReport:
                 f"mailbox {mailbox.name}: last fetch {last.isoformat() if last else 'never'}"
                 + (f", last error {state.last_error_at.isoformat()}: {error}"
                    if state and error and state.last_error_at else ""))
-            if last is None or now - last > mailbox.stale_after:
+            failing = state is not None and state.last_error_at is not None and (
+                last is None or state.last_error_at > last)
+            if failing:  # e.g. a token that can no longer be refreshed: say so at once
+                report.problems.append(f"mailbox {mailbox.name} is failing: {error}")
+            elif last is None or now - last > mailbox.stale_after:
                 report.problems.append(f"mailbox {mailbox.name} has not fetched for longer than "
                                        f"{mailbox.stale_after}" + (f" ({error})" if error else ""))
         queued = session.scalar(select(func.count()).select_from(Outbox)

@@ -211,7 +211,8 @@ def _too_large(run: _Pass, uid: int, size: int, acks: _Acks) -> None:
                 "moving it to %s", run.mailbox.name, run.key(uid), size,
                 run.mailbox.failed_folder)
     try:
-        ingest.notify_too_large(run.app, header, size)
+        ingest.notify_too_large(run.app, header, size, source=f"imap:{run.mailbox.name}",
+                                source_key=run.key(uid))
     except (ingest.StorageUnavailable, SQLAlchemyError):
         raise
     except Exception:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -103,13 +103,14 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
 
 
 def _expire_candidates(session: Session, app: App, context, now) -> bool:
-    """Run a matched case's overdue timer first, so that a reply after the 7 days
-    meets a closed case (and opens a new one) even if no sweep ran in between."""
+    """Run a matched case's overdue closure first, so that a reply after the 7 days
+    meets a closed case (and opens a new one) even if no sweep ran in between. A due
+    reminder is left to the sweep: the reply may be the very answer it would ask for."""
     expired = False
     for view in (context.candidates.by_message_id, context.candidates.by_reply_address,
                  context.candidates.by_subject_tag):
         if view is not None:
-            expired |= run_due_step(session, app, view.id, now)
+            expired |= run_due_step(session, app, view.id, now, closing_only=True)
     return expired
 
 
@@ -166,24 +167,33 @@ def retry_failed(app: App, inbound_id: int) -> Outcome:
     return ingest_raw(app, raw, source=source, source_key=key, envelope_recipients=recipients)
 
 
-def notify_too_large(app: App, header_bytes: bytes, size: int) -> None:
+def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = "too_large",
+                     source_key: str | None = None) -> None:
     """Tell the sender, politely and once, that a mail was too large to take.
 
-    Only the headers were downloaded; machine mail gets no answer, as always.
+    Only the headers were downloaded. They are kept in ``inbound`` under the
+    transport's key, so a crash before the mail left the inbox cannot make a
+    second notice. Machine mail gets no answer, as always.
     """
     from helpdesk.core.classify import machine_reasons
     from helpdesk.core.decide import route
     from helpdesk.core.model import MailKind
     from helpdesk.outbound.queue import queue_notice
 
+    source_key = source_key or hashlib.sha256(header_bytes).hexdigest()
     try:
-        msg = parse_message(header_bytes)
+        msg = replace(parse_message(header_bytes), size=size)
     except Exception:  # headers we cannot read: nobody to answer
+        msg = None
         log.warning("oversized mail with unreadable headers; not answered")
-        return
-    msg = InboundMessage(**{**{f: getattr(msg, f) for f in msg.__dataclass_fields__}, "size": size})
     policy = core_policy(app.settings)
-    if machine_reasons(msg, policy.hygiene) or not msg.sender:
-        return
     with app.sessions.begin() as session:
-        queue_notice(session, app, route(msg, policy).name, MailKind.TOO_LARGE, msg, app.clock.now())
+        if session.scalar(select(Inbound.id).where(Inbound.source == source,
+                                                   Inbound.source_key == source_key)):
+            return
+        now = app.clock.now()
+        session.add(Inbound(source=source, source_key=source_key, received_at=now,
+                            raw=header_bytes, status="done", outcome="too_large",
+                            error=f"{size} bytes is over max_message_size"))
+        if msg is not None and msg.sender and not machine_reasons(msg, policy.hygiene):
+            queue_notice(session, app, route(msg, policy).name, MailKind.TOO_LARGE, msg, now)

@@ -143,7 +143,9 @@ def test_oversize_message_goes_to_failed_without_download(dovecot, make_app):
 
     assert (result.too_large, result.ingested) == (1, 1)
     assert dovecot.count("Failed") == 1 and dovecot.count("Processed") == 1
-    assert len(inbound_rows(app)) == 1  # the big one was never stored
+    # the big one was never downloaded: only its headers are kept, as a record
+    assert sorted(r.outcome for r in inbound_rows(app)) == ["new_case", "too_large"]
+    assert min(len(r.raw) for r in inbound_rows(app)) < 2000
     assert b"x" * 100 in dovecot.messages("Failed")[0]  # kept intact on the server
     with app.sessions() as session:
         kinds = list(session.scalars(select(Outbox.kind)))
