@@ -16,7 +16,7 @@ from collections.abc import Callable
 import schedule
 
 from helpdesk.app import App
-from helpdesk.outbound.sender import make_transport, send_due
+from helpdesk.outbound.sender import claim_lease, make_transport, send_due
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ def run_sender(app: App, stop: threading.Event, wake: threading.Event) -> None:
     while not stop.is_set():
         wake.clear()
         try:
-            result = send_due(app.sessions, app.clock, make_transport(app.settings))
+            result = send_due(app.sessions, app.clock, make_transport(app.settings),
+                              lease=claim_lease(app.settings))
             busy = (result.sent or result.retried) and not result.error
         except Exception:
             log.exception("outbox pass failed")

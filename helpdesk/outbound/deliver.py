@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from helpdesk.app import App
-from helpdesk.outbound.sender import SendResult, make_transport, send_due
+from helpdesk.outbound.sender import SendResult, claim_lease, make_transport, send_due
 
 
 def deliver_all(app: App, max_passes: int = 100) -> SendResult:
     """Send everything that is due now; stops early when the server is unreachable."""
     total = SendResult()
     for _ in range(max_passes):
-        result = send_due(app.sessions, app.clock, make_transport(app.settings))
+        result = send_due(app.sessions, app.clock, make_transport(app.settings),
+                          lease=claim_lease(app.settings))
         total += result
         if result.error or not (result.sent or result.retried or result.dead):
             break

@@ -34,6 +34,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock
+from helpdesk.config import Settings
 from helpdesk.outbound.transport import (
     ConnectionFailure,
     DeliveryError,
@@ -47,7 +48,7 @@ from helpdesk.core.timers import retry_at
 from helpdesk.store.orm import Event, Outbox, Participant
 
 __all__ = [
-    "LEASE", "MAX_AGE", "MAX_ATTEMPTS", "ConnectionFailure", "DeliveryError",
+    "LEASE", "MAX_AGE", "claim_lease", "MAX_ATTEMPTS", "ConnectionFailure", "DeliveryError",
     "MaildirTransport", "SendResult", "SmtpTransport", "Transport", "make_transport",
     "send_due",
 ]
@@ -55,6 +56,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)  # a claim older than this belongs to a dead sender
+
+
+def claim_lease(settings: Settings) -> timedelta:
+    """How long a claim holds: longer than one send can take (connect, TLS, DATA,
+    each bounded by the SMTP timeout), short enough that a mail claimed by a
+    process that was killed goes out soon after the restart."""
+    smtp = settings.outbound.smtp
+    return 3 * smtp.timeout + timedelta(seconds=15) if smtp else timedelta(seconds=30)
 MAX_ATTEMPTS = 20
 MAX_AGE = timedelta(days=3)  # counted from created_at; then a temporary failure is final
 
