@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from helpdesk.core import lifecycle
 from helpdesk.core.classify import HygienePolicy, machine_reasons
-from helpdesk.core.commands import Command, parse_commands
+from helpdesk.core.commands import Command, parse_commands, strip_quoted
 from helpdesk.core.lifecycle import Event, IllegalTransition, Lifecycle, Transition, Trigger
 from helpdesk.core.matching import (
     Candidates,
@@ -156,7 +156,8 @@ def requester_of(msg: InboundMessage, policy: Policy) -> str:
 
 def decide(msg: InboundMessage, context: Context, policy: Policy) -> Decision:
     addresses = support_addresses(msg, policy)
-    if msg.bounce is not None:
+    if msg.bounce is not None and msg.bounce.recipients:
+        # A report naming no recipient says nothing about delivery: plain machine mail.
         return _bounce(msg, context)
     match = match_case(context.candidates)
     if reasons := machine_reasons(msg, policy.hygiene):
@@ -200,7 +201,8 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
                                                        "subject": msg.subject}),),
                         mails=(Mail(MailKind.DUPLICATE, Audience.SENDER),), addresses=addresses)
     requester = requester_of(msg, policy)
-    others = _new_participants(msg, policy, exclude={requester}, room=policy.participants_per_case - 1)
+    others, skipped = _new_participants(msg, policy, exclude={requester},
+                                        room=policy.participants_per_case - 1)
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
                   subject=msg.subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
@@ -210,18 +212,21 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
         add_participants=((requester, msg.sender_name), *others),
         mails=(Mail(MailKind.ACK, Audience.PARTICIPANTS), Mail(MailKind.STAFF_NOTICE, Audience.STAFF)),
         run_activation=category.has_activation, addresses=addresses,
+        events=(("participants_limit", {"skipped": skipped}),) if skipped else (),
     )
 
 
 def _new_participants(msg: InboundMessage, policy: Policy, exclude: set[str] | frozenset[str],
-                      room: int) -> tuple[tuple[str, str], ...]:
-    """The people on To/Cc who join the case: never us, never staff, within the limits."""
+                      room: int) -> tuple[tuple[tuple[str, str], ...], int]:
+    """The people on To/Cc who join the case: never us, never staff, within the limits;
+    and how many were left out by the limits."""
     found = []
     for address in dict.fromkeys((*msg.to, *msg.cc)):
         if address in exclude or policy.is_ours(address) or policy.staff.is_staff(address):
             continue
         found.append((address, ""))
-    return tuple(found[:max(0, min(room, policy.participants_per_message))])
+    chosen = tuple(found[:max(0, min(room, policy.participants_per_message))])
+    return chosen, len(found) - len(chosen)
 
 
 def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,
@@ -231,8 +236,8 @@ def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, po
         return _new_case(msg, Context(), policy, addresses, linked_to=case, link_reason="reopened")
     room = policy.participants_per_case - len(case.participants)
     joining = () if msg.sender in case.participants else ((msg.sender, msg.sender_name),)
-    others = _new_participants(msg, policy, exclude=case.participants | {msg.sender},
-                               room=room - len(joining))
+    others, left_out = _new_participants(msg, policy, exclude=case.participants | {msg.sender},
+                                         room=room - len(joining))
     add = (*joining, *others)[:max(0, room)]
     body = parse_commands(msg.text)
     cancel = any(c.name == "cancel" for c in body.commands)
@@ -245,7 +250,7 @@ def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, po
     else:
         events = ()
     mails = _mails_of(step, note="cancelled by partner" if cancel else "") if step else ()
-    skipped = len((*joining, *others)) - len(add)
+    skipped = left_out + len((*joining, *others)) - len(add)
     if skipped:
         events += (("participants_limit", {"skipped": skipped}),)
     return Decision(Outcome.REPLY, case=case, store_as=MailKind.REPLY, add_participants=add,
@@ -269,8 +274,8 @@ _STATUS_COMMANDS = {"waiting": "waiting", "resolve": "resolved", "close": "close
 
 
 def staff_reply(case: CaseView, msg: InboundMessage, policy: Policy) -> Decision:
-    body = parse_commands(msg.text)
-    decision = apply_commands(case, body.commands, policy, body.unknown)
+    body = parse_commands(strip_quoted(msg.text))  # never relay the quoted staff notice
+    decision = apply_commands(case, body.commands, policy, body.unknown, actor=msg.sender)
     if decision.outcome is Outcome.REJECTED:  # an error: tell the staff member, change nothing
         return Decision(Outcome.STAFF_REPLY, case=case, store_as=MailKind.STAFF,
                         mails=decision.mails, events=decision.events)
@@ -318,7 +323,7 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
     status, transitions, assign = case.status, [], None
     events: list[tuple[str, dict[str, object]]] = []
     for command in commands:
-        target, note = _target(command)
+        target, note = _target(command, category.lifecycle)
         if command.name == "assign":
             if "@" not in command.argument:
                 errors.append("#assign needs an address, e.g. #assign agent@example.com")
@@ -342,7 +347,7 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
         return Decision(Outcome.REJECTED, case=case, reasons=tuple(errors),
                         mails=(Mail(MailKind.COMMAND_ERROR, Audience.SENDER, errors=tuple(errors)),),
                         events=(("command_rejected", {"errors": errors, "by": actor}),))
-    notes = [n for c in commands for t, n in [_target(c)] if t and n]
+    notes = [n for c in commands for t, n in [_target(c, category.lifecycle)] if t and n]
     mails = tuple(m for step in transitions for m in _mails_of(step, "\n".join(notes)))
     return Decision(Outcome.STAFF_REPLY, case=case, transitions=tuple(transitions),
                     assign=assign, mails=mails, events=tuple(events))
@@ -353,9 +358,16 @@ def _mails_of(step: Transition, note: str = "") -> tuple[Mail, ...]:
                       note=note) for kind in step.sends)
 
 
-def _target(command: Command) -> tuple[str | None, str]:
+def _target(command: Command, lc: Lifecycle) -> tuple[str | None, str]:
     """(the status a command asks for or None if it asks for none, its free-text note)."""
     if command.name == "status":
+        # NAME is a machine name or a label, of one word or a few (`#status In progress`,
+        # `#status Partner's feedback required`): the longest one recognised wins.
+        words = command.argument.split(None, 5)
+        for n in range(min(len(words), 5), 0, -1):
+            if found := lifecycle.find_status(lc, " ".join(words[:n])):
+                rest = command.argument.split(None, n)
+                return found, rest[n].strip() if len(rest) > n else ""
         name, _, note = command.argument.partition(" ")
         return name.strip().lower(), note.strip()
     if command.name == "cancel":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,8 +39,14 @@ def new_message_id(domain: str) -> str:
     return f"helpdesk.{secrets.token_hex(12)}@{domain}"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+
+
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    """Customer text made a harmless header value: one line, no control characters, and
+    no "=?": the policy would decode what follows as an RFC 2047 encoded-word (text we
+    could not decode would be decoded a second time, and can break folding)."""
+    return " ".join(_CONTROL.sub("", text).split()).replace("=?", "= ?")
 
 
 def _address(addr: str, name: str = "") -> Address:

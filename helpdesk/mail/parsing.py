@@ -8,7 +8,10 @@ refused when it has no usable structure at all.
 from __future__ import annotations
 
 import base64
+import binascii
 import email.errors
+import email.feedparser
+import email.policy
 import email.utils
 import hashlib
 import re
@@ -24,7 +27,9 @@ import nh3
 from helpdesk.core.model import Attachment, InboundMessage
 from helpdesk.mail.bounce import parse_bounce
 
-_MSGID = re.compile(r"<([^<>\s]+)>")
+# No whitespace or control characters (a Message-ID goes into our own In-Reply-To and
+# References headers) and a sane length (the database column holds 998).
+_MSGID = re.compile(r"<([^<>\s\x00-\x1f\x7f]{1,900})>")
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
 
 
@@ -32,26 +37,72 @@ class UnparseableMessage(Exception):
     """The bytes are not a mail we can read at all."""
 
 
+_FEED_CHUNK = 64 * 1024
+
+
+def _message_from_bytes(raw: bytes) -> Message:
+    """``email.message_from_bytes(raw)`` (what ``mailparser.parse_from_bytes`` does),
+    fed to the same parser in 64 KB pieces.
+
+    The one-shot call decodes the whole mail to a str and reads it back through a
+    ``StringIO``, which stores 4 bytes per character: a 25 MB mail peaked at +164 MB.
+    Fed in pieces, the result is the same and the peak about twice the mail.
+    """
+    parser = email.feedparser.BytesFeedParser(policy=email.policy.compat32)
+    view = memoryview(raw)
+    for start in range(0, len(raw), _FEED_CHUNK):
+        parser.feed(bytes(view[start:start + _FEED_CHUNK]))
+    return parser.close()
+
+
+# An "=?" that no "?=" closes within 200 characters of its line. An encoded-word is at
+# most 75 characters (RFC 2047 section 2); longer ones are broken anyway.
+_UNCLOSED_WORD = re.compile(rb"=\?(?![^\r\n]{0,200}?\?=)")
+
+
+def _defused(raw: bytes) -> bytes:
+    """The mail as the parsers get it: in header blocks (the mail's, and each MIME part's
+    after a ``--boundary`` line) every unclosed "=?" is broken up as "= ?".
+
+    The email package's encoded-word regex scans the rest of the line for a "?=" from
+    every "=?": quadratic, so one crafted 56 KB header cost 14 s of CPU in parsing (and
+    a 1 MB one hours). Only the parsers see this copy; the raw bytes are kept as received.
+    """
+    if _UNCLOSED_WORD.search(raw) is None:
+        return raw  # the usual case: no copy
+    lines = raw.splitlines(keepends=True)
+    in_header = True
+    for i, line in enumerate(lines):
+        if not line.strip():
+            in_header = False
+        elif line.startswith(b"--"):
+            in_header = True  # a MIME boundary (or a signature): headers may follow
+        elif in_header and b"=?" in line:
+            lines[i] = _UNCLOSED_WORD.sub(b"= ?", line)
+    return b"".join(lines)
+
+
 def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> InboundMessage:
     if not raw.strip():
         raise UnparseableMessage("empty message")
     try:
-        mail = mailparser.parse_from_bytes(raw)
+        mail = mailparser.MailParser(_message_from_bytes(_defused(raw)))
     except Exception as exc:  # mail-parser raises a zoo of types on broken MIME
         raise UnparseableMessage(f"mail-parser: {type(exc).__name__}: {exc}") from exc
     msg: Message = mail.message
     headers = _headers(msg)
     if not headers:
         raise UnparseableMessage("no headers")
-    sender_name, sender = _first_address(headers.get("from", ()))
+    raw_addresses = _raw_address_headers(msg)
+    sender_name, sender = _first_address(raw_addresses.get("from", ()))
     return InboundMessage(
         message_id=_first_msgid(headers.get("message-id", ())),
         content_hash=hashlib.sha256(raw).hexdigest(),
         sender=sender,
         sender_name=sender_name,
-        to=_addresses(headers.get("to", ())),
-        cc=_addresses(headers.get("cc", ())),
-        reply_to=_addresses(headers.get("reply-to", ())),
+        to=_addresses(raw_addresses.get("to", ())),
+        cc=_addresses(raw_addresses.get("cc", ())),
+        reply_to=_addresses(raw_addresses.get("reply-to", ())),
         subject=_one_line(headers.get("subject", ("",))[0]),
         date=_date(headers.get("date", ("",))[0]),
         in_reply_to=tuple(_msgids(" ".join(headers.get("in-reply-to", ())))),
@@ -62,7 +113,8 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> Inbo
         headers=headers,
         envelope_recipients=tuple(dict.fromkeys(
             [a.lower() for a in envelope_recipients]
-            + list(_addresses(headers.get("delivered-to", ()) + headers.get("x-original-to", ()))))),
+            + list(_addresses(raw_addresses.get("delivered-to", ())
+                              + raw_addresses.get("x-original-to", ()))))),
         return_path=_return_path(headers),
         bounce=parse_bounce(msg),
         size=len(raw),
@@ -73,7 +125,7 @@ def _decode(value: object) -> str:
     text = str(value)
     try:
         return str(make_header(decode_header(text)))
-    except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
+    except (LookupError, UnicodeError, ValueError, email.errors.MessageError):  # CharsetError too
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
@@ -84,30 +136,79 @@ def _headers(msg: Message) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in headers.items()}
 
 
+_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "delivered-to", "x-original-to")
+
+
+def _raw_address_headers(msg: Message) -> dict[str, tuple[str, ...]]:
+    """Address headers as received, encoded-words still encoded: addresses are parsed
+    first and display names decoded after (RFC 2047 section 5), so a display name like
+    ``=?utf-8?q?Ana=0D=0ABcc:_victim@evil.example?=`` can never smuggle in an address
+    (see ``_address_pairs``)."""
+    found: dict[str, list[str]] = {}
+    for name, value in msg.items():
+        if name.lower() in _ADDRESS_HEADERS:
+            found.setdefault(name.lower(), []).append(" ".join(str(value).split()))
+    return {k: tuple(v) for k, v in found.items()}
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[qQbB]\?.*?\?=")  # as lenient as email.header's
+_MASK = re.compile(r"hdew(\d+)x")
+
+
+def _address_pairs(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs of raw address headers.
+
+    Every encoded-word is masked as an opaque atom while the list is parsed, so whatever
+    it decodes to (commas, "@", ":", CR LF) can never become an address or a group; it
+    is put back afterwards, for ``_decode`` to turn into the display name.
+    """
+    pairs = []
+    for value in values:
+        words: list[str] = []
+
+        def mask(m: re.Match[str]) -> str:
+            words.append(m.group(0))
+            return f"hdew{len(words) - 1}x"
+
+        def unmask(text: str) -> str:
+            return _MASK.sub(lambda m: words[int(m[1])] if int(m[1]) < len(words) else m[0],
+                             text)
+
+        for name, addr in email.utils.getaddresses([_ENCODED_WORD.sub(mask, value)]):
+            pairs.append((unmask(name), unmask(addr)))
+    return pairs
+
+
 def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
     found: dict[str, None] = {}
-    for _name, addr in email.utils.getaddresses(list(values)):
+    for _name, addr in _address_pairs(values):
         addr = addr.strip().lower()
-        if "@" in addr and not any(c.isspace() for c in addr):
+        if _usable(addr):
             found.setdefault(addr, None)
     return tuple(found)
 
 
 def _first_address(values: tuple[str, ...]) -> tuple[str, str]:
-    for name, addr in email.utils.getaddresses(list(values)):
-        if "@" in addr:
-            return _one_line(name), addr.strip().lower()
+    for name, addr in _address_pairs(values):
+        if _usable(addr.strip()):
+            return _one_line(_decode(name)), addr.strip().lower()
     return "", ""
+
+
+def _usable(addr: str) -> bool:
+    """An address we may write to: it goes into our headers and SMTP envelopes."""
+    return "@" in addr and addr.isprintable() and not any(c.isspace() for c in addr)
 
 
 def _msgids(text: str) -> list[str]:
     ids = _MSGID.findall(text)
-    if not ids and text.strip() and " " not in text.strip():
-        ids = [text.strip().strip("<>")]  # some clients omit the angle brackets
+    bare = text.strip().strip("<>")
+    if not ids and bare and _MSGID.fullmatch(f"<{bare}>"):
+        ids = [bare]  # some clients omit the angle brackets
     return ids
 
 
@@ -152,12 +253,27 @@ def sanitise_filename(name: str) -> str:
     return name[:200] or "attachment"
 
 
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+
+
+def _b64decode(payload: str | bytes) -> bytes:
+    """Base64 as leniently as the email package reads it: real attachments come with
+    stray characters and broken padding, and must not cost the customer's message."""
+    try:
+        return base64.b64decode(payload)
+    except (binascii.Error, ValueError):
+        text = payload.decode("ascii", "ignore") if isinstance(payload, bytes) else payload
+        clean = _NOT_BASE64.sub("", text.split("=", 1)[0])
+        clean = clean[:len(clean) - 1] if len(clean) % 4 == 1 else clean
+        return base64.b64decode(clean + "=" * (-len(clean) % 4))
+
+
 def _attachments(items: list[dict]) -> list[Attachment]:
     result = []
     for item in items:
         payload = item.get("payload") or ""
         if item.get("binary"):
-            data = base64.b64decode(payload)
+            data = _b64decode(payload)
         else:
             data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
         result.append(Attachment(

@@ -153,12 +153,19 @@ def _span(window: timedelta) -> str:
     return f"{seconds}s"
 
 
+# Mail only staff got, and machine mail, is nobody's parent: a customer's client could
+# not find it (In-Reply-To would name a mail the customer never saw).
+_NOT_A_PARENT = tuple(str(k) for k in (MailKind.STAFF_NOTICE, MailKind.MANUAL_REVIEW,
+                                       MailKind.COMMAND_ERROR, MailKind.MACHINE))
+
+
 def _thread(session: Session, case_id: int) -> tuple[str | None, str | None]:
     """The first and the latest Message-ID of a case: the root and the parent."""
     first = session.scalar(select(Message.message_id).where(Message.case_id == case_id)
                            .order_by(Message.id).limit(1))
-    last = session.scalar(select(Message.message_id).where(Message.case_id == case_id)
-                          .order_by(Message.id.desc()).limit(1))
+    last = session.scalar(select(Message.message_id).where(
+        Message.case_id == case_id, Message.kind.not_in(_NOT_A_PARENT))
+        .order_by(Message.id.desc()).limit(1))
     return first, last
 
 
