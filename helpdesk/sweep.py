@@ -46,8 +46,13 @@ def sweep(app: App, now: datetime) -> int:
             return done
 
 
-def run_due_step(session: Session, app: App, case_id: int, now: datetime) -> bool:
-    """Apply the most advanced due step of one case, inside the caller's transaction."""
+def run_due_step(session: Session, app: App, case_id: int, now: datetime,
+                 closing_only: bool = False) -> bool:
+    """Apply the most advanced due step of one case, inside the caller's transaction.
+
+    ``closing_only``: only a due closure, not a reminder (for a mail that is about to
+    answer the case: a reminder sent at that moment would ask for what just arrived).
+    """
     query = select(Case).where(Case.id == case_id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
@@ -60,6 +65,8 @@ def run_due_step(session: Session, app: App, case_id: int, now: datetime) -> boo
     if step is None:  # stale due time (e.g. config changed): recompute and move on
         case.due_at = timers.next_due_at(lc, case.status, case.clock_started_at,
                                          case.reminders_sent, policy)
+        return False
+    if closing_only and step.kind != "close":
         return False
     transition = lifecycle.transition(lc, case.status, timers.event_for(step))
     started = case.clock_started_at

@@ -8,6 +8,7 @@ counted in the database: the last line of defence against a mail loop.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -204,7 +205,7 @@ def _context(session: Session, app: App, case: Case, mail: Mail, now: datetime,
         description=first_text or (msg.text if msg else ""),
         note=mail.note or "\n".join(mail.errors),
         reminder=extras.reminder,
-        reopen_days=max(1, app.settings.timers.resolved_close_after.days),
+        reopen_days=max(1, math.ceil(app.settings.timers.resolved_close_after / timedelta(days=1))),
         old_case=_brief(extras.old_case),
         existing_case=None if extras.existing_case is None else {
             **_brief(extras.existing_case),
