@@ -26,9 +26,8 @@ Decisions the SPEC leaves open, fixed here:
 * ``delivered`` by a status command sends ``STATUS``; ``CREDENTIALS`` is kept for the activation
   hook's success, whose stdout that template carries. Activation results are accepted in any live
   connections status (a hook may finish after staff moved the case); a failure never moves it.
-* ``duplicate_request`` applies to the *new* case only: it is born in ``in_progress`` and this
-  event ends it at once in ``not_completed`` with the ``DUPLICATE`` mail. The existing case is not
-  touched.
+* A duplicate connection request is no transition at all: the decision records the mail on the
+  request already under way and answers the sender with ``DUPLICATE``; no case is opened.
 * Setting the status a case already has is a no-op (nothing sent, clock kept), so a repeated CLI
   call or ``#waiting`` is harmless. ``open`` can never be set: it only means "nobody has touched
   this new case yet".
@@ -102,7 +101,6 @@ class Trigger(StrEnum):
     activation_succeeded = "activation_succeeded"  # connections hook exited 0
     activation_failed = "activation_failed"  # connections hook failed or timed out
     cancel = "cancel"  # a participant's #cancel on a connections case
-    duplicate_request = "duplicate_request"  # a new connections case duplicating a live one
 
 
 # Events a participant causes: on a final status they mean "open a new linked case".
@@ -121,7 +119,6 @@ _DESCRIBE: Mapping[Trigger, str] = MappingProxyType(
         Trigger.activation_succeeded: "a successful activation",
         Trigger.activation_failed: "a failed activation",
         Trigger.cancel: "#cancel",
-        Trigger.duplicate_request: "a duplicate request",
     }
 )
 
@@ -183,7 +180,7 @@ _CC, _CN = Lifecycle.customer_care, Lifecycle.connections
 _P, _S, _SET = Trigger.participant_reply, Trigger.staff_reply, Trigger.set_status
 _REM, _CLOSE = Trigger.reminder_due, Trigger.close_due
 _OK, _FAIL = Trigger.activation_succeeded, Trigger.activation_failed
-_CANCEL, _DUP = Trigger.cancel, Trigger.duplicate_request
+_CANCEL = Trigger.cancel
 _START, _STOP, _KEEP = ClockAction.start, ClockAction.stop, ClockAction.keep
 _M = MailKind
 
@@ -237,7 +234,6 @@ TRANSITIONS: Mapping[tuple[Lifecycle, str, Trigger, str | None], Transition] = M
         (_CN, "in_progress", _OK, None): _t("delivered", _STOP, _M.CREDENTIALS),
         (_CN, "in_progress", _FAIL, None): _t("in_progress", _KEEP, _M.MANUAL_REVIEW),
         (_CN, "in_progress", _CANCEL, None): _t("not_completed", _STOP, _M.NOT_COMPLETED),
-        (_CN, "in_progress", _DUP, None): _t("not_completed", _STOP, _M.DUPLICATE),
         (_CN, "pending_seller", _P, None): _t("in_progress", _STOP, _M.STAFF_NOTICE),
         (_CN, "pending_seller", _S, None): _t("pending_seller", _KEEP),
         (_CN, "pending_seller", _SET, "in_progress"): _t("in_progress", _STOP),

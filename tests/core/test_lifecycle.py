@@ -38,7 +38,7 @@ START, STOP, KEEP = ClockAction.start, ClockAction.stop, ClockAction.keep
 P, S = Trigger.participant_reply, Trigger.staff_reply
 REM, CLOSE = Trigger.reminder_due, Trigger.close_due
 OK, FAIL = Trigger.activation_succeeded, Trigger.activation_failed
-CANCEL, DUP = Trigger.cancel, Trigger.duplicate_request
+CANCEL = Trigger.cancel
 
 ILLEGAL = IllegalTransition
 NEW_CASE = CaseClosed  # a participant wrote to a final case: the caller opens a linked case
@@ -54,7 +54,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CC, "open", OK): ILLEGAL,
     (CC, "open", FAIL): ILLEGAL,
     (CC, "open", CANCEL): ILLEGAL,
-    (CC, "open", DUP): ILLEGAL,
     (CC, "in_progress", P): ("in_progress", KEEP, (M.STAFF_NOTICE,)),
     (CC, "in_progress", S): ("in_progress", KEEP, ()),
     (CC, "in_progress", REM): ILLEGAL,
@@ -62,7 +61,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CC, "in_progress", OK): ILLEGAL,
     (CC, "in_progress", FAIL): ILLEGAL,
     (CC, "in_progress", CANCEL): ILLEGAL,
-    (CC, "in_progress", DUP): ILLEGAL,
     (CC, "waiting", P): ("in_progress", STOP, (M.STAFF_NOTICE,)),
     (CC, "waiting", S): ("waiting", KEEP, ()),
     (CC, "waiting", REM): ("waiting", KEEP, (M.REMINDER,)),
@@ -70,7 +68,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CC, "waiting", OK): ILLEGAL,
     (CC, "waiting", FAIL): ILLEGAL,
     (CC, "waiting", CANCEL): ILLEGAL,
-    (CC, "waiting", DUP): ILLEGAL,
     (CC, "resolved", P): ("in_progress", STOP, (M.REOPENED, M.STAFF_NOTICE)),
     (CC, "resolved", S): ("resolved", KEEP, ()),
     (CC, "resolved", REM): ILLEGAL,  # resolved has no reminders, only the closure
@@ -78,7 +75,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CC, "resolved", OK): ILLEGAL,
     (CC, "resolved", FAIL): ILLEGAL,
     (CC, "resolved", CANCEL): ILLEGAL,
-    (CC, "resolved", DUP): ILLEGAL,
     (CC, "closed", P): NEW_CASE,
     (CC, "closed", S): ("closed", KEEP, ()),  # relayed by the caller, status untouched
     (CC, "closed", REM): ILLEGAL,
@@ -86,7 +82,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CC, "closed", OK): ILLEGAL,
     (CC, "closed", FAIL): ILLEGAL,
     (CC, "closed", CANCEL): ILLEGAL,  # #cancel is not a customer care command at all
-    (CC, "closed", DUP): ILLEGAL,
     # ---- connections ----
     (CN, "in_progress", P): ("in_progress", KEEP, (M.STAFF_NOTICE,)),
     (CN, "in_progress", S): ("in_progress", KEEP, ()),
@@ -95,7 +90,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CN, "in_progress", OK): ("delivered", STOP, (M.CREDENTIALS,)),
     (CN, "in_progress", FAIL): ("in_progress", KEEP, (M.MANUAL_REVIEW,)),
     (CN, "in_progress", CANCEL): ("not_completed", STOP, (M.NOT_COMPLETED,)),
-    (CN, "in_progress", DUP): ("not_completed", STOP, (M.DUPLICATE,)),
     (CN, "pending_seller", P): ("in_progress", STOP, (M.STAFF_NOTICE,)),
     (CN, "pending_seller", S): ("pending_seller", KEEP, ()),
     (CN, "pending_seller", REM): ("pending_seller", KEEP, (M.REMINDER,)),
@@ -103,7 +97,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CN, "pending_seller", OK): ("delivered", STOP, (M.CREDENTIALS,)),
     (CN, "pending_seller", FAIL): ("pending_seller", KEEP, (M.MANUAL_REVIEW,)),
     (CN, "pending_seller", CANCEL): ("not_completed", STOP, (M.NOT_COMPLETED,)),
-    (CN, "pending_seller", DUP): ILLEGAL,  # only a brand-new case can be the duplicate
     (CN, "delivered", P): NEW_CASE,
     (CN, "delivered", S): ("delivered", KEEP, ()),
     (CN, "delivered", REM): ILLEGAL,
@@ -111,7 +104,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CN, "delivered", OK): ILLEGAL,
     (CN, "delivered", FAIL): ILLEGAL,
     (CN, "delivered", CANCEL): NEW_CASE,
-    (CN, "delivered", DUP): ILLEGAL,
     (CN, "not_completed", P): NEW_CASE,
     (CN, "not_completed", S): ("not_completed", KEEP, ()),
     (CN, "not_completed", REM): ILLEGAL,
@@ -119,7 +111,6 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CN, "not_completed", OK): ILLEGAL,
     (CN, "not_completed", FAIL): ILLEGAL,
     (CN, "not_completed", CANCEL): NEW_CASE,
-    (CN, "not_completed", DUP): ILLEGAL,
 }
 
 # set_status: (lifecycle, from) -> {target: outcome}. Targets include every status of both
@@ -257,8 +248,6 @@ def test_every_set_status_target(lifecycle: Lifecycle, status: str, target: str)
         (CC, "closed", Event(P), "case is closed"),
         (CC, "open", Event(CANCEL), "#cancel does not apply to a Customer Care case"),
         (CC, "open", Event(REM), "a reminder is not allowed in 'open'"),
-        (CN, "pending_seller", Event(DUP),
-         "a duplicate request is not allowed in 'pending_seller'"),
     ],
 )
 def test_refusals_say_why(lifecycle: Lifecycle, status: str, event: Event, message: str) -> None:
