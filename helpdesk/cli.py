@@ -99,9 +99,7 @@ def db_upgrade(ctx: click.Context) -> None:
 def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
     """Process raw RFC 5322 messages from FILES, or stdin when none (MTA pipe mode),
     then deliver the outbox."""
-    from helpdesk.hooks import run_pending_hooks
     from helpdesk.inbound.ingest import StorageUnavailable, ingest_raw
-    from helpdesk.outbound.deliver import deliver_all
     app = _app(ctx)
     sources = list(files) or ["-"]
     failed = 0
@@ -116,9 +114,7 @@ def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
         failed += outcome.quarantined
         click.echo(f"{name}: {outcome.status}" + (f" {outcome.ref}" if outcome.ref else "")
                    + (f" ({outcome.reason})" if outcome.reason else ""))
-    deliver_all(app)  # acknowledgements first: a hook may take up to its timeout
-    if run_pending_hooks(app):  # activation hooks of new connections cases, to completion
-        deliver_all(app)
+    _deliver_and_activate(app)
     if failed:
         raise Failure(f"{failed} message(s) quarantined; see `helpdesk failed list`")
 
@@ -127,16 +123,12 @@ def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
 @click.pass_context
 def fetch(ctx: click.Context) -> None:
     """One pass over the IMAP mailboxes, then deliver the outbox (cron mode)."""
-    from helpdesk.hooks import run_pending_hooks
     from helpdesk.inbound.imap import fetch_all
-    from helpdesk.outbound.deliver import deliver_all
     app = _app(ctx)
     if not app.settings.inbound.imap:
         raise click.UsageError("no inbound.imap mailbox is configured")
     errors = fetch_all(app)
-    deliver_all(app)  # acknowledgements first: a hook may take up to its timeout
-    if run_pending_hooks(app):  # activation hooks of new connections cases, to completion
-        deliver_all(app)
+    _deliver_and_activate(app)
     if errors:
         raise Failure(f"{errors} mailbox(es) failed; see the log or `helpdesk status`")
 
@@ -281,9 +273,7 @@ def failed_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def failed_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
     """Run quarantined messages (all, or the given IDs) through the pipeline again."""
-    from helpdesk.hooks import run_pending_hooks
     from helpdesk.inbound.ingest import retry_failed
-    from helpdesk.outbound.deliver import deliver_all
     from helpdesk.views import list_failed
     app = _app(ctx)
     targets = list(ids) or [row["id"] for row in list_failed(app)]
@@ -296,11 +286,19 @@ def failed_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
         still += outcome.quarantined
         click.echo(f"{inbound_id}: {outcome.status}" + (f" {outcome.ref}" if outcome.ref else "")
                    + (f" ({outcome.reason})" if outcome.quarantined else ""))
-    deliver_all(app)
-    if run_pending_hooks(app):  # a retried mail may have opened a connections case
-        deliver_all(app)
+    _deliver_and_activate(app)
     if still:
         raise Failure(f"{still} message(s) still fail")
+
+
+def _deliver_and_activate(app: App) -> None:
+    """Deliver the outbox, then run the activation hooks of new connections cases to
+    completion and deliver what they queued: acknowledgements never wait for a hook."""
+    from helpdesk.hooks import run_pending_hooks
+    from helpdesk.outbound.deliver import deliver_all
+    deliver_all(app)
+    if run_pending_hooks(app):
+        deliver_all(app)
 
 
 def _print_json(value: Any) -> None:
