@@ -42,10 +42,15 @@ test: install system-deps
 test-core: install
 	$(PY) -m pytest tests/core -q
 
-bench: install system-deps
+# The benchmarks (bench/README.md) also need the `bench` extra (pyinstrument).
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: install $(VENV)/.bench-installed system-deps
 	$(PY) -m bench
 
-bench-quick: install system-deps
+bench-quick: install $(VENV)/.bench-installed system-deps
 	$(PY) -m bench --quick
 
 clean:

@@ -1,7 +1,8 @@
 """A seeded generator of realistic support mail (raw RFC 5322 bytes).
 
-The same ``(seed, count)`` always gives the same bytes, so two runs (and the
-"limit" and the helpdesk inside one run) see exactly the same corpus.
+The same seed always gives the same bytes, and the first n messages of a longer
+corpus are the corpus of n, so two runs (and the "limit" and the helpdesk inside
+one run) see exactly the same mail.
 
 What it contains, per message, drawn independently:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email import charset as email_charset
 from email.header import Header
 from email.mime.application import MIMEApplication
@@ -32,11 +34,11 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr
-from datetime import UTC, datetime, timedelta
 
 SUPPORT = "support@example.com"
 BILLING = "billing@example.com"
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+CUSTOMERS = 5000
 
 _FIRST = ["Ana", "Bruno", "Chloé", "Dmitri", "Eva", "Farid", "Greta", "Hiro", "Ines", "Jonas",
           "Katarzyna", "Luca", "Maëlle", "Nikolai", "Olga", "Pedro", "Quentin", "Rosa", "Sven",
@@ -123,18 +125,19 @@ def _addr(name: str, address: str, cs: str) -> str:
 
 
 class _Gen:
-    def __init__(self, seed: int, count: int) -> None:
+    def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.count = count
         self.sent: list[tuple[str, str, str, str, str]] = []  # (msgid, name, addr, subject, cs)
-        pool = max(60, count // 2)
-        self.customers = [self._customer(i) for i in range(pool)]
+        # A fixed pool: the first n messages of a longer corpus are the corpus of n.
+        self.customers = [self._customer(i) for i in range(CUSTOMERS)]
 
     def _customer(self, i: int) -> tuple[str, str]:
         rng = self.rng
         first, last = rng.choice(_FIRST), rng.choice(_LAST)
-        local = "".join(c for c in f"{first}.{last}".lower() if c.isascii() and (c.isalnum() or c == "."))
-        return f"{first} {last}", f"{local or 'user'}{i}@{rng.choice(_DOMAINS)}"
+        parts = ("".join(c for c in word.lower() if c.isascii() and c.isalnum())
+                 for word in (first, last))
+        local = ".".join(p for p in parts if p) or "customer"
+        return f"{first} {last}", f"{local}{i}@{rng.choice(_DOMAINS)}"
 
     def charset(self) -> tuple[str, str]:
         """(charset, content-transfer-encoding)"""
@@ -293,25 +296,31 @@ class _Gen:
 
 
 def generate(seed: int, count: int) -> Iterator[tuple[bytes, dict[str, object]]]:
-    gen = _Gen(seed, count)
+    gen = _Gen(seed)
     for i in range(count):
         yield gen.message(i)
 
 
-def corpus(seed: int, count: int) -> tuple[list[bytes], Stats]:
+def corpus(seed: int, count: int) -> tuple[list[bytes], list[dict[str, object]]]:
     raws: list[bytes] = []
-    replies = cc = att = html = 0
-    charsets: dict[str, int] = {}
+    metas: list[dict[str, object]] = []
     for raw, meta in generate(seed, count):
         raws.append(raw)
+        metas.append(meta)
+    return raws, metas
+
+
+def stats(raws: list[bytes], metas: list[dict[str, object]]) -> Stats:
+    replies = cc = att = html = 0
+    charsets: dict[str, int] = {}
+    for meta in metas:
         replies += bool(meta["reply"])
         cc += bool(meta["cc"])
         att += bool(meta["attachments"])
         html += bool(meta["html"])
         charsets[str(meta["charset"])] = charsets.get(str(meta["charset"]), 0) + 1
-    stats = Stats(count, replies, cc, att, html, charsets, sum(map(len, raws)),
-                  max(map(len, raws), default=0))
-    return raws, stats
+    return Stats(len(raws), replies, cc, att, html, charsets, sum(map(len, raws)),
+                 max(map(len, raws), default=0))
 
 
 def large_message(size: int = 24_900_000, seed: int = 25) -> bytes:

@@ -1,0 +1,333 @@
+"""``python -m bench [--quick] [--only NAMES] [--no-readme]``: run the benchmarks, print one table.
+
+The full run (``make bench``) also rewrites the figures block of bench/README.md;
+``--quick`` (``make bench-quick``, a CI smoke run) uses small sizes and leaves the
+README alone. Work files (databases, logs, profiles) go to bench/out/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # `tests.servers` is imported from the checkout
+    sys.path.insert(0, str(ROOT))
+
+OUT = HERE / "out"
+README = HERE / "README.md"
+BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
+SEED = 20261102
+FLAT = 1.25  # "flat": the largest size costs at most 25% more per item than the smallest
+NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    ingest: tuple[int, ...]
+    profile: int
+    large: int
+    latency: int
+    scaling: tuple[int, ...]
+    scaling_messages: int
+    sweep: tuple[int, int]
+    sweep_small: tuple[int, int]
+
+
+FULL = Sizes(ingest=(1000, 10_000), profile=500, large=24_900_000, latency=100,
+             scaling=(1000, 10_000, 100_000), scaling_messages=500,
+             sweep=(1_000_000, 1000), sweep_small=(10_000, 1000))
+QUICK = Sizes(ingest=(50, 100), profile=30, large=5_000_000, latency=8,
+              scaling=(500, 2000), scaling_messages=40,
+              sweep=(20_000, 40), sweep_small=(1000, 40))
+
+_T0 = time.monotonic()
+
+
+def note(text: str) -> None:
+    print(f"[bench {time.monotonic() - _T0:6.0f}s] {text}", file=sys.stderr, flush=True)
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, what: str, result: str, target: str = "", status: str = "") -> None:
+        self.rows.append((what, result, target, status))
+
+    def section(self, title: str) -> None:
+        self.rows.append((f"[{title}]", "", "", ""))
+
+    def text(self) -> str:
+        head = ("benchmark", "result", "target", "")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(4)]
+        line = "  ".join("-" * w for w in widths)
+        out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), line]
+        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in self.rows]
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        out = ["| benchmark | result | target | |", "| --- | --- | --- | --- |"]
+        for what, result, target, status in self.rows:
+            if what.startswith("["):
+                out.append(f"| **{what[1:-1]}** | | | |")
+            else:
+                out.append(f"| {what} | {result} | {target} | {status} |")
+        return "\n".join(out)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def fmt_n(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 1 min)")
+    parser.add_argument("--only", default=",".join(NAMES),
+                        help=f"comma-separated subset of {','.join(NAMES)}")
+    parser.add_argument("--no-readme", action="store_true",
+                        help="do not rewrite the figures in bench/README.md")
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args()
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if unknown := only - set(NAMES):
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    sizes = QUICK if args.quick else FULL
+
+    from bench import corpus, machine, servers
+    from bench import ingest as ingest_bench
+    from bench import latency as latency_bench
+    from bench import memory as memory_bench
+    from bench import scaling as scaling_bench
+    from bench import sweep as sweep_bench
+    from bench.profile import render
+
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    started_at = datetime.now(UTC)
+    host = machine.describe()
+    commit_ms = machine.durable_commit_ms(OUT)
+    table = Table()
+    results: dict[str, Any] = {"machine": host, "quick": args.quick, "seed": args.seed,
+                               "durable_commit_ms": commit_ms}
+    table.section("machine")
+    table.add("durable SQLite commit (WAL, fsync)", f"{commit_ms:.1f} ms")
+
+    need_corpus = only & {"ingest", "profile", "latency", "scaling"}
+    largest = max([*(sizes.ingest if "ingest" in only else ()),
+                   sizes.profile if "profile" in only else 0,
+                   sizes.scaling_messages if "scaling" in only else 0, 200])
+    raws: list[bytes] = []
+    metas: list[dict[str, Any]] = []
+    if need_corpus or "memory" in only:
+        note(f"generating the corpus ({largest} messages, seed {args.seed})")
+        raws, metas = corpus.corpus(args.seed, largest)
+        stats = corpus.stats(raws, metas)
+        results["corpus"] = stats.summary()
+        table.section("corpus (bench/corpus.py)")
+        table.add("messages", f"{stats.count}, {stats.total_bytes / 1e6:.0f} MB, largest "
+                  f"{stats.largest / 1e6:.1f} MB")
+        table.add("of which", f"{stats.replies} replies, {stats.with_cc} with Cc, "
+                  f"{stats.with_attachments} with attachments, {stats.html} with HTML")
+        table.add("charsets", ", ".join(f"{k} {v}" for k, v in
+                                        sorted(stats.charsets.items(), key=lambda kv: -kv[1])))
+
+    ingest_runs: list[Any] = []
+    if only & {"ingest", "profile", "memory", "latency"}:
+        note("starting Dovecot and the SMTP server")
+        with servers.dovecot() as dovecot, servers.mta() as mta:
+            handler = mta.handler
+            if "ingest" in only:
+                table.section("ingest: `helpdesk fetch`, first FETCH to last SMTP ack")
+                for n in sizes.ingest:
+                    note(f"ingest {n}: APPEND, limit, helpdesk fetch")
+                    run = ingest_bench.measure(dovecot, handler, mta.port, raws[:n], OUT)
+                    ingest_runs.append(run)
+                    results[f"ingest_{n}"] = run.__dict__ | {"ratio": run.ratio}
+                    table.add(f"{fmt_n(n)} msgs ({run.mb:.0f} MB): helpdesk fetch",
+                              f"{run.helpdesk_rate:.1f} msg/s ({run.helpdesk_s:.1f} s, "
+                              f"{run.acks} mails out"
+                              + (f", {run.runs} runs" if run.runs > 1 else "") + ")")
+                    table.add(f"{fmt_n(n)} msgs: limit (FETCH+parse+INSERT)",
+                              f"{run.limit_rate:.1f} msg/s ({run.limit_s:.1f} s)")
+                    table.add(f"{fmt_n(n)} msgs: helpdesk / limit", f"{run.ratio:.1%}", ">= 50%",
+                              verdict(run.ratio >= 0.5))
+                if len(ingest_runs) > 1:
+                    a, b = ingest_runs[0], ingest_runs[-1]
+                    growth = (b.helpdesk_s / b.n) / (a.helpdesk_s / a.n)
+                    table.add(f"per message {fmt_n(a.n)} -> {fmt_n(b.n)} (IMAP)",
+                              f"{a.helpdesk_s / a.n * 1000:.1f} -> {b.helpdesk_s / b.n * 1000:.1f} ms"
+                              f" (x{growth:.2f})", f"flat (<= x{FLAT})", verdict(growth <= FLAT))
+            if "profile" in only:
+                n = sizes.profile
+                note(f"profile: helpdesk fetch of {n} messages under pyinstrument")
+                run = ingest_bench.measure(dovecot, handler, mta.port, raws[:n], OUT,
+                                           profile=True, with_limit=False, label=f"profile-{n}")
+                results["profile"] = run.profile
+                table.section(f"where the time goes (pyinstrument, fetch of {n} msgs)")
+                total = run.profile["total"]
+                for view, top in (("stage", 8), ("kind", 8)):
+                    for name, seconds in list(run.profile[view].items())[:top]:
+                        table.add(f"{view}: {name}", f"{seconds / total:.1%}")
+                print(render(run.profile), file=sys.stderr)
+            if "memory" in only:
+                table.section("memory: peak RSS of `helpdesk fetch` above its idle size")
+                note("memory: warm-up (20 small messages)")
+                small = [r for r, m in zip(raws, metas) if not m["attachments"]][:20]
+                warm = memory_bench.measure_fetch(dovecot, handler, mta.port, small,
+                                                  OUT / "memory-warmup")
+                results["memory_warmup"] = warm.__dict__
+                table.add("20 small messages (warm-up, fixed)",
+                          f"{warm.above_idle_mb:.0f} MB (idle {warm.idle_rss_kb / 1024:.0f} MB)")
+                note(f"memory: one {sizes.large / 1e6:.1f} MB message")
+                large = memory_bench.measure_fetch(dovecot, handler, mta.port,
+                                                   [corpus.large_message(sizes.large)],
+                                                   OUT / "memory-large")
+                results["memory_large"] = large.__dict__ | {"ratio": large.ratio}
+                table.add(f"one {large.size / 1e6:.1f} MB message",
+                          f"{large.above_idle_mb:.0f} MB ({large.ratio:.1f}x the message)", "< 3x",
+                          verdict(large.ratio < 3))
+                for run in ingest_runs:
+                    largest_msg = max(len(r) for r in raws[:run.n])
+                    ratio = run.peak_above_idle_mb * 2**20 / largest_msg
+                    table.add(f"{fmt_n(run.n)} messages (largest {largest_msg / 1e6:.1f} MB)",
+                              f"{run.peak_above_idle_mb:.0f} MB ({ratio:.1f}x the largest; "
+                              f"{max(0.0, run.peak_above_idle_mb - warm.above_idle_mb):.0f} MB "
+                              f"over the warm-up)", "< 3x", verdict(ratio < 3))
+                if len(ingest_runs) > 1:
+                    a, b = ingest_runs[0], ingest_runs[-1]
+                    growth = b.peak_above_idle_mb / max(1.0, a.peak_above_idle_mb)
+                    table.add(f"{fmt_n(a.n)} -> {fmt_n(b.n)} messages", f"x{growth:.2f}",
+                              f"flat (<= x{FLAT})", verdict(growth <= FLAT))
+            if "latency" in only:
+                count = sizes.latency
+                note(f"latency: {count} messages through `helpdesk run` with IDLE")
+                fresh = [(raw, str(meta["message_id"]).strip("<>"), _sender(raw))
+                         for raw, meta in corpus.generate(args.seed + 1, count * 2)
+                         if not meta["reply"]][:count]
+                lat = latency_bench.measure(dovecot, handler, mta.port, fresh, OUT / "latency")
+                results["latency"] = {"samples": lat.samples, "median_ms": lat.median_ms,
+                                      "p95_ms": lat.p95_ms, "idle_notify": lat.idle_notify}
+                table.section(f"latency: APPEND -> SMTP ack, `helpdesk run` with IDLE, {count} msgs")
+                table.add("median", f"{lat.median_ms:.0f} ms")
+                table.add("95th percentile", f"{lat.p95_ms:.0f} ms (max {lat.max_ms:.0f} ms)")
+                table.add("floor: Dovecot's IDLE notification (bare)",
+                          f"{lat.idle_notify_ms:.0f} ms (median of {len(lat.idle_notify)})")
+
+    if "scaling" in only:
+        table.section(f"scaling: ingest_raw of {sizes.scaling_messages} msgs with N cases stored")
+        runs = []
+        for existing in sizes.scaling:
+            note(f"scaling: {existing} cases stored, {sizes.scaling_messages} messages")
+            run = scaling_bench.measure(OUT / f"scaling-{existing}", existing,
+                                        raws[:sizes.scaling_messages])
+            runs.append(run)
+            results[f"scaling_{existing}"] = run.__dict__
+            table.add(f"N = {fmt_n(existing)}",
+                      f"{run.per_message_ms:.1f} ms/msg (median {run.median_ms:.1f}, p95 "
+                      f"{run.p95_ms:.1f}; fill {run.fill_s:.0f} s)")
+        growth = runs[-1].per_message_ms / runs[0].per_message_ms
+        table.add(f"N = {fmt_n(runs[0].existing)} -> {fmt_n(runs[-1].existing)}", f"x{growth:.2f}",
+                  f"flat (<= x{FLAT})", verdict(growth <= FLAT))
+
+    if "sweep" in only:
+        total, due = sizes.sweep
+        table.section(f"sweep: {fmt_n(total)} cases, {fmt_n(due)} due")
+        note(f"sweep: filling {total} cases ({due} due)")
+        big = sweep_bench.measure(OUT / "sweep-big", total, due)
+        small_total, small_due = sizes.sweep_small
+        note(f"sweep: {small_total} cases ({small_due} due), for comparison")
+        small = sweep_bench.measure(OUT / "sweep-small", small_total, small_due)
+        note(f"sweep: {small_total} cases ({small_due} due) under pyinstrument")
+        profiled = sweep_bench.measure(OUT / "sweep-profile", small_total, small_due,
+                                       profile=True)
+        results["sweep"] = big.__dict__
+        results["sweep_small"] = small.__dict__
+        results["sweep_profile"] = profiled.profile
+        table.add("one sweep (all due steps)",
+                  f"{big.sweep_s:.2f} s ({big.per_due_ms:.1f} ms per due case)", "well under 1 s",
+                  verdict(big.sweep_s < 0.5))
+        table.add("finding the due cases (first query)", f"{big.query_ms:.1f} ms", "", "")
+        table.add("query plan", "; ".join(big.plan), "index on due_at",
+                  verdict(any("ix_case_due_at" in p for p in big.plan)
+                          and not any(p.startswith("SCAN") for p in big.plan)))
+        table.add("cases changed", f"{big.changed_cases} of {total:,} ({big.reminders} reminders,"
+                  f" {big.statements / max(1, big.moved):.0f} SQL statements per due case)",
+                  "only the due ones", verdict(big.changed_cases == due))
+        growth = big.per_due_ms / small.per_due_ms
+        table.add(f"per due case, {fmt_n(small_total)} -> {fmt_n(total)} cases",
+                  f"{small.per_due_ms:.1f} -> {big.per_due_ms:.1f} ms (x{growth:.2f})",
+                  f"flat (<= x{FLAT})", verdict(growth <= FLAT))
+        table.add("bulk fill (INSERT ... SELECT, recursive CTE)", f"{big.fill_s:.1f} s")
+        if profiled.profile:
+            total_s = profiled.profile["total"]
+            for name, seconds in list(profiled.profile["kind"].items())[:6]:
+                table.add(f"sweep time: {name}", f"{seconds / total_s:.1%}")
+
+    elapsed = time.monotonic() - _T0
+    results["elapsed_s"] = elapsed
+    results["date"] = started_at.isoformat(timespec="seconds")
+    (OUT / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable))
+    header = (f"helpdesk benchmarks{' (--quick)' if args.quick else ''}, "
+              f"{started_at:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s; "
+              f"{host['nproc']} x {host['cpu']}, {host['ram']} RAM")
+    print(header)
+    if args.quick:
+        print("--quick is a smoke run: sizes are too small for the verdicts to mean much.")
+    print(table.text())
+    if not args.quick and not args.no_readme and only == set(NAMES):
+        _write_readme(table, host, started_at, elapsed, results)
+        note(f"figures written to {README.relative_to(ROOT)}")
+    return 0
+
+
+def _sender(raw: bytes) -> str:
+    from helpdesk.mail.parsing import parse_message
+    return parse_message(raw).sender
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "__dict__"):
+        return value.__dict__
+    return str(value)
+
+
+def _write_readme(table: Table, host: dict[str, str], started_at: datetime, elapsed: float,
+                  results: dict[str, Any]) -> None:
+    machine = ", ".join(f"{k} {v}" for k, v in host.items())
+    block = [
+        BEGIN,
+        (f"Measured {started_at:%Y-%m-%d %H:%M} UTC with `make bench` (`python -m bench`), "
+         f"{elapsed / 60:.1f} minutes, seed {results['seed']}."),
+        "",
+        f"Machine: {machine}.",
+        "",
+        table.markdown(),
+        END,
+    ]
+    text = README.read_text() if README.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + "\n".join(block) + tail
+    else:
+        text += "\n" + "\n".join(block) + "\n"
+    README.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

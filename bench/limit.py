@@ -1,0 +1,80 @@
+"""The limit on this machine: the least any IMAP-to-database ingester must do.
+
+    python -m bench.limit OUT.json HOST PORT USER PASSWORD FOLDER DATABASE_URL [BATCH]
+
+imapclient fetches every message of FOLDER (``BODY.PEEK[]``, read-only, in
+batches of BATCH like the helpdesk's fetcher), mail-parser parses each (fed the
+way ``helpdesk.mail.parsing`` feeds it, which is faster than
+``mailparser.parse_from_bytes``: the limit must not be a straw man), and one
+SQLAlchemy INSERT per message (Message-ID, sender, subject and the raw bytes)
+commits in its own transaction, on an engine made by ``helpdesk.store.db`` (the
+same SQLite pragmas: WAL, a durable commit). Nothing else: no threading, no
+attachments on disk, no outgoing mail, no acknowledgement on the server.
+
+imaplib's tracing is set to level 4 as ``helpdesk.inbound.imap_session.connect``
+does (imapclient's default, 5, formats a repr of every fetched body). Timed from
+the first FETCH to the last commit, in a process of its own.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import mailparser
+from imapclient import IMAPClient
+from sqlalchemy import (
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+)
+
+from helpdesk.mail.parsing import _message_from_bytes
+from helpdesk.store.db import make_engine
+
+metadata = MetaData()
+received = Table("received", metadata,
+                 Column("id", Integer, primary_key=True),
+                 Column("uid", Integer, nullable=False),
+                 Column("message_id", String(998)),
+                 Column("sender", Text),
+                 Column("subject", Text),
+                 Column("raw", LargeBinary, nullable=False))
+
+
+def main() -> None:
+    out, host, port, user, password, folder, url, *rest = sys.argv[1:]
+    batch = int(rest[0]) if rest else 50
+    engine = make_engine(url)
+    metadata.create_all(engine)
+    count = 0
+    with IMAPClient(host, int(port), ssl=False, timeout=120) as client:
+        client._imap.debug = 4  # as helpdesk's connect(): no repr of every fetched body
+        client.login(user, password)
+        client.select_folder(folder, readonly=True)
+        uids = sorted(client.search("ALL"))
+        first_fetch = time.monotonic()
+        for start in range(0, len(uids), batch):
+            chunk = uids[start:start + batch]
+            bodies = client.fetch(chunk, ["BODY.PEEK[]"])
+            for uid in chunk:
+                raw = bodies.pop(uid)[b"BODY[]"]
+                mail = mailparser.MailParser(_message_from_bytes(raw))
+                with engine.begin() as connection:
+                    connection.execute(insert(received).values(
+                        uid=uid, message_id=mail.message_id, sender=str(mail.from_),
+                        subject=mail.subject, raw=raw))
+                count += 1
+        end = time.monotonic()
+    engine.dispose()
+    Path(out).write_text(json.dumps({"first_fetch": first_fetch, "end": end, "count": count}))
+
+
+if __name__ == "__main__":
+    main()
