@@ -54,7 +54,8 @@ def cli(ctx: click.Context, config: Path | None, verbose: bool) -> None:
     """helpdesk: an email-driven helpdesk daemon."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.INFO if verbose else logging.WARNING)
+    for chatty in ("alembic", "mail.log"):  # aiosmtpd logs every connection at INFO
+        logging.getLogger(chatty).setLevel(logging.INFO if verbose else logging.WARNING)
     ctx.ensure_object(dict)
     ctx.obj["config"] = config or default_config_path()
 
