@@ -264,8 +264,11 @@ def main() -> int:
                   verdict(any("ix_case_due_at" in p for p in big.plan)
                           and not any(p.startswith("SCAN") for p in big.plan)))
         table.add("cases changed", f"{big.changed_cases} of {total:,} ({big.reminders} reminders,"
-                  f" {big.statements / max(1, big.moved):.0f} SQL statements per due case)",
+                  f" {big.statements} SQL statements in all)",
                   "only the due ones", verdict(big.changed_cases == due))
+        table.add("then the sender: render + build the queued mails",
+                  f"{big.render_s:.2f} s ({big.render_s * 1000 / max(1, big.rendered):.1f} ms"
+                  f" per mail, {big.rendered} mails)", "", "")
         growth = big.per_due_ms / small.per_due_ms
         table.add(f"per due case, {fmt_n(small_total)} -> {fmt_n(total)} cases",
                   f"{small.per_due_ms:.1f} -> {big.per_due_ms:.1f} ms (x{growth:.2f})",

@@ -1,8 +1,11 @@
 """Sweep cost: one ``sweep(app, now)`` over a big table with a few due cases.
 
 The table is filled by ``bench.dbfill.fill_for_sweep`` (bulk SQL). We time the
-whole ``sweep`` (each due case in its own transaction: the reminder rendered,
-queued and committed), and separately the query that finds the due cases. The SQL
+whole ``sweep`` (the due cases in chunks of ``helpdesk.sweep.CHUNK``, one
+transaction each: the steps applied, the reminders queued unrendered and
+committed), and separately the query that finds the due cases. The rendering the
+sweep leaves to the sender is timed after it: the sender's pass over the queued
+reminders, with a transport that discards what it is given. The SQL
 ``sweep`` actually ran is captured, and its ``EXPLAIN QUERY PLAN`` printed: it
 must search ``ix_case_due_at``, never scan ``case``. "Touched only the due ones"
 is checked by counting the cases whose ``updated_at`` moved and the statements
@@ -26,6 +29,8 @@ from bench.ingest import make_desk, settle
 from bench.profile import summarise
 from helpdesk.app import App
 from helpdesk.clock import FixedClock
+from helpdesk.outbound.render import outbox_renderer
+from helpdesk.outbound.sender import send_due
 from helpdesk.store.orm import Case, Outbox
 from helpdesk.sweep import due_case_ids, sweep
 
@@ -43,6 +48,8 @@ class SweepRun:
     changed_cases: int
     reminders: int
     statements: int
+    render_s: float = 0.0  # the sender afterwards: claim, render, "send", record
+    rendered: int = 0
     plan: list[str] = field(default_factory=list)
     due_sql: str = ""
     profile: dict[str, Any] | None = None
@@ -50,6 +57,16 @@ class SweepRun:
     @property
     def per_due_ms(self) -> float:
         return self.sweep_s * 1000 / max(1, self.moved)
+
+
+class _Discard:
+    """A transport that accepts everything and sends nothing."""
+
+    def send(self, mail_from: str, recipients: Any, raw: bytes) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 def measure(folder: Path, total: int, due: int, *, profile: bool = False) -> SweepRun:
@@ -104,10 +121,22 @@ def measure(folder: Path, total: int, due: int, *, profile: bool = False) -> Swe
             left = len(due_case_ids(session, NOW))
         if left:
             raise RuntimeError(f"sweep left {left} due cases")
+        render_s, rendered = _render_queued(app)
     finally:
         app.close()
     return SweepRun(total=total, due=due, fill_s=fill_s, query_ms=query_ms, sweep_s=sweep_s,
                     moved=moved, changed_cases=changed, reminders=reminders,
+                    render_s=render_s, rendered=rendered,
                     statements=len(statements), plan=plan, due_sql=" ".join(due_sql[0].split()),
                     profile=summary)
 
+
+
+def _render_queued(app: App) -> tuple[float, int]:
+    """The sender's passes over what the sweep queued: seconds, mails."""
+    render = outbox_renderer(app)
+    started = time.perf_counter()
+    sent = 0
+    while done := send_due(app.sessions, app.clock, _Discard(), limit=1000, render=render).sent:
+        sent += done
+    return time.perf_counter() - started, sent

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import schedule
 
 from helpdesk.app import App
+from helpdesk.outbound.render import outbox_renderer
 from helpdesk.outbound.sender import claim_lease, make_transport, send_due
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def run_sender(app: App, stop: threading.Event, wake: threading.Event) -> None:
         wake.clear()
         try:
             result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                              lease=claim_lease(app.settings))
+                              lease=claim_lease(app.settings), render=outbox_renderer(app))
             busy = (result.sent or result.retried) and not result.error
         except Exception:
             log.exception("outbox pass failed")

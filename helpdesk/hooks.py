@@ -522,9 +522,8 @@ def _apply_result(session: Session, app: App, case: Case, attempt: int, result: 
     mails = 0
     for kind in step.sends:
         audience = Audience.STAFF if kind in lifecycle.TO_STAFF else Audience.PARTICIPANTS
-        row = queue_mail(session, app, case, Mail(MailKind(kind), audience, note=note), now,
-                         Extras(output=result.stdout))
-        mails += row is not None
+        mails += queue_mail(session, app, case, Mail(MailKind(kind), audience, note=note), now,
+                            Extras(output=result.stdout))
     case.updated_at = now
     log.info("activation hook of %s: %s -> %s", case.ref, result.reason or "succeeded",
              case.status)

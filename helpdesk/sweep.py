@@ -1,9 +1,13 @@
 """Run the lifecycle timers that are due: reminders, closures.
 
 Due cases are found by the indexed ``case.due_at`` column, never by scanning
-every case. Each case is handled in its own short transaction that re-reads its
-due time under the write lock, so a sweep run twice, or two processes sweeping
-at once, send each reminder once.
+every case. They are handled in chunks, each in one transaction that takes the
+chunk's cases with their due time re-checked under the write lock (SQLite's
+``BEGIN IMMEDIATE``; on PostgreSQL ``FOR UPDATE SKIP LOCKED``), so a sweep run
+twice, or two processes sweeping at once, send each reminder once. A chunk reads
+what its mails need with a few grouped queries and writes its rows in bulk
+(``ChunkFacts``), and the mails are rendered later by the sender: that is what
+makes a thousand due cases a fraction of a second.
 """
 from __future__ import annotations
 
@@ -15,15 +19,18 @@ from sqlalchemy.orm import Session
 
 from helpdesk.app import App
 from helpdesk.core import lifecycle, timers
-from helpdesk.core.decide import Audience
+from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.model import MailKind
-from helpdesk.outbound.queue import Extras
+from helpdesk.outbound.facts import ChunkFacts, Facts
+from helpdesk.outbound.queue import Extras, limit_windows, queue_mail
 from helpdesk.policy import timer_policy
-from helpdesk.store.apply import change_status, notify
+from helpdesk.store.apply import change_status
 from helpdesk.store.orm import Case, Event
 
 log = logging.getLogger(__name__)
+
+CHUNK = 200  # due cases per transaction: long enough to amortise, short enough to hold a lock
 
 
 def due_case_ids(session: Session, now: datetime, limit: int = 500) -> list[int]:
@@ -36,13 +43,16 @@ def sweep(app: App, now: datetime) -> int:
     done = 0
     while True:
         with app.sessions.begin() as session:
-            ids = due_case_ids(session, now)
-        if not ids:
-            return done
-        for case_id in ids:
-            with app.sessions.begin() as session:
-                done += run_due_step(session, app, case_id, now)
-        if len(ids) < 500:
+            query = select(Case).where(Case.due_at <= now).order_by(Case.due_at).limit(CHUNK)
+            if _postgresql(session):  # another sweeper's chunk is its own; take the next
+                query = query.with_for_update(skip_locked=True)
+            cases = list(session.scalars(query))
+            if not cases:
+                return done
+            facts = ChunkFacts(session, [c.id for c in cases], limit_windows(app, now))
+            done += sum(_step(session, app, case, now, facts) for case in cases)
+            facts.write()
+        if len(cases) < CHUNK:
             return done
 
 
@@ -53,12 +63,22 @@ def run_due_step(session: Session, app: App, case_id: int, now: datetime,
     ``closing_only``: only a due closure, not a reminder (for a mail that is about to
     answer the case: a reminder sent at that moment would ask for what just arrived).
     """
-    query = select(Case).where(Case.id == case_id)
-    if session.get_bind().dialect.name == "postgresql":
+    query = select(Case).where(Case.id == case_id, Case.due_at <= now)
+    if _postgresql(session):
         query = query.with_for_update()
     case = session.scalar(query)
-    if case is None or case.due_at is None or case.due_at > now:
+    if case is None:
         return False  # not due, or another sweeper got there first
+    return _step(session, app, case, now, Facts(session), closing_only)
+
+
+def _postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _step(session: Session, app: App, case: Case, now: datetime, facts: Facts,
+          closing_only: bool = False) -> bool:
+    """The due step of a case that was found due under the write lock."""
     lc = Lifecycle(app.settings.categories[case.category].lifecycle)
     policy = timer_policy(app.settings)
     step = timers.due_step(lc, case.status, case.clock_started_at, case.reminders_sent, policy, now)
@@ -79,11 +99,12 @@ def run_due_step(session: Session, app: App, case_id: int, now: datetime,
     if step.kind == "reminder" and started is not None:
         reminder = {"number": step.number, "total": len(policy.reminders),
                     "closes_at": started + policy.close_after}
-    session.add(Event(case_id=case.id, at=now, type="timer",
-                      detail={"step": step.kind, "number": step.number}))
+    facts.add(Event, case_id=case.id, at=now, type="timer",
+              detail={"step": step.kind, "number": step.number})
     for kind in transition.sends:
         audience = Audience.STAFF if kind in lifecycle.TO_STAFF else Audience.PARTICIPANTS
-        notify(session, app, case, MailKind(kind), now, audience, extras=Extras(reminder=reminder))
+        queue_mail(session, app, case, Mail(MailKind(kind), audience), now,
+                   Extras(reminder=reminder), facts)
     case.updated_at = now
     log.info("TIMER case=%s step=%s%s status=%s", case.ref, step.kind,
              step.number or "", case.status)

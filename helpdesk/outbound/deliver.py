@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from helpdesk.app import App
+from helpdesk.outbound.render import outbox_renderer
 from helpdesk.outbound.sender import SendResult, claim_lease, make_transport, send_due
 
 
@@ -10,7 +11,7 @@ def deliver_all(app: App, max_passes: int = 100) -> SendResult:
     total = SendResult()
     for _ in range(max_passes):
         result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                          lease=claim_lease(app.settings))
+                          lease=claim_lease(app.settings), render=outbox_renderer(app))
         total += result
         if result.error or not (result.sent or result.retried or result.dead):
             break

@@ -6,7 +6,11 @@ Exactly once, as far as SMTP allows:
    ``UPDATE outbox SET claimed_until = now + lease WHERE id = :id AND status = 'queued'
    AND next_attempt_at <= now AND (claimed_until IS NULL OR claimed_until < now)``.
    Only the sender that changed one row goes on, so two senders (threads,
-   processes, a cron ``fetch`` next to the daemon) never send the same row.
+   processes, a cron ``fetch`` next to the daemon) never send the same row. A row
+   queued without its bytes is rendered here (``render``) and the bytes stored in
+   the same transaction, so every later attempt sends exactly these bytes. A mail
+   that cannot be rendered (a template broken since) is marked ``dead`` with the
+   reason, like one the server refused: never lost silently, never retried forever.
 2. **Send** with no transaction open.
 3. **Record** in a second transaction: ``sent`` only after the server accepted the
    mail. A row marked ``sent`` is never picked again.
@@ -35,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock
 from helpdesk.config import Settings
+from helpdesk.outbound.render import Render
 from helpdesk.outbound.transport import (
     ConnectionFailure,
     DeliveryError,
@@ -93,8 +98,9 @@ class _Claimed:
     mail_from: str
     recipients: tuple[str, ...]
     message_id: str
-    raw: bytes
+    raw: bytes | None  # None: it could not be rendered, ``render_error`` says why
     claimed_until: datetime
+    render_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,12 @@ class _Outcome:
 
 
 def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport, *,
-             limit: int = 100, lease: timedelta = LEASE) -> SendResult:
-    """Send up to ``limit`` due outbox rows; closes the transport's connection at the end."""
+             limit: int = 100, lease: timedelta = LEASE,
+             render: Render | None = None) -> SendResult:
+    """Send up to ``limit`` due outbox rows; closes the transport's connection at the end.
+
+    ``render`` makes the bytes of a row queued without them (``outbound.render``).
+    """
     now = clock.now()
     with sessions() as session:
         ids = session.scalars(
@@ -123,7 +133,7 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
     result = SendResult()
     try:
         for outbox_id in ids:
-            claimed = _claim(sessions, clock, outbox_id, lease)
+            claimed = _claim(sessions, clock, outbox_id, lease, render)
             if claimed is None:
                 continue  # another sender has it, or it changed since we looked
             outcome = _attempt(transport, claimed)
@@ -139,7 +149,7 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
 
 
 def _claim(sessions: sessionmaker[Session], clock: Clock, outbox_id: int,
-           lease: timedelta) -> _Claimed | None:
+           lease: timedelta, render: Render | None) -> _Claimed | None:
     with sessions.begin() as session:
         now = clock.now()
         until = now + lease
@@ -152,16 +162,32 @@ def _claim(sessions: sessionmaker[Session], clock: Clock, outbox_id: int,
             .execution_options(synchronize_session=False))
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
-        row = session.execute(
-            select(Outbox.mail_from, Outbox.recipients, Outbox.message_id, Outbox.raw)
-            .where(Outbox.id == outbox_id)).one()
-    return _Claimed(outbox_id, row.mail_from, tuple(row.recipients), row.message_id,
-                    row.raw, until)
+        row = session.get_one(Outbox, outbox_id, populate_existing=True)
+        error = None
+        if row.raw is None:
+            error = _render(session, row, render)
+        return _Claimed(outbox_id, row.mail_from, tuple(row.recipients), row.message_id,
+                        row.raw, until, error)
+
+
+def _render(session: Session, row: Outbox, render: Render | None) -> str | None:
+    """Store the row's bytes; or, when they cannot be made, why (the row then dies)."""
+    if render is None:
+        return "queued without its bytes, and this sender cannot render mail"
+    try:
+        with session.begin_nested():  # a half-done rendering leaves nothing behind
+            row.raw = render(session, row)
+    except Exception as exc:
+        log.exception("outbox=%s: could not render the mail", row.id)
+        return f"could not render the mail: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _attempt(transport: Transport, mail: _Claimed) -> _Outcome:
     if not mail.recipients:
         return _Outcome(reason="no recipients")
+    if mail.raw is None:  # final: the same template would fail the same way next time
+        return _whole(mail.recipients, mail.render_error or "no bytes", permanent=True)
     try:
         refused = transport.send(mail.mail_from, mail.recipients, mail.raw)
     except ConnectionFailure as exc:

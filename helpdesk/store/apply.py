@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from helpdesk.app import App
 from helpdesk.core import lifecycle, timers
-from helpdesk.core.decide import Audience, Decision, Mail
+from helpdesk.core.decide import Decision
 from helpdesk.core.lifecycle import Lifecycle, Transition
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_token
@@ -179,12 +179,6 @@ def _extras(session: Session, decision: Decision, msg: InboundMessage | None, ac
 
 def _event(session: Session, case: Case, now: datetime, type_: str, detail: dict) -> None:
     session.add(Event(case_id=case.id, at=now, type=type_, detail=detail))
-
-
-def notify(session: Session, app: App, case: Case, kind: MailKind, now: datetime,
-           audience: Audience = Audience.PARTICIPANTS, note: str = "", extras: Extras = Extras()) -> None:
-    """Queue one mail of a case outside of a decision (timers, hooks)."""
-    queue_mail(session, app, case, Mail(kind, audience, note=note), now, extras)
 
 
 def label(app: App, case: Case) -> str:
