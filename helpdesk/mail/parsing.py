@@ -83,7 +83,7 @@ def _defused(raw: bytes) -> bytes:
 
 
 def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> InboundMessage:
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise UnparseableMessage("empty message")
     try:
         mail = mailparser.MailParser(_message_from_bytes(_defused(raw)))
@@ -95,6 +95,12 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> Inbo
         raise UnparseableMessage("no headers")
     raw_addresses = _raw_address_headers(msg)
     sender_name, sender = _first_address(raw_addresses.get("from", ()))
+    html = "\n".join(mail.text_html)
+    text = "\n".join(mail.text_plain) or html_to_text(html)
+    bounce = parse_bounce(msg)
+    # Last: reading the attachments empties the parts they came from (see _attachments).
+    attachments = tuple(_attachments(mail.attachments, msg))
+    del mail, msg
     return InboundMessage(
         message_id=_first_msgid(headers.get("message-id", ())),
         content_hash=hashlib.sha256(raw).hexdigest(),
@@ -107,16 +113,16 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> Inbo
         date=_date(headers.get("date", ("",))[0]),
         in_reply_to=tuple(_msgids(" ".join(headers.get("in-reply-to", ())))),
         references=tuple(_msgids(" ".join(headers.get("references", ())))),
-        text="\n".join(mail.text_plain) or html_to_text("\n".join(mail.text_html)),
-        html="\n".join(mail.text_html),
-        attachments=tuple(_attachments(mail.attachments)),
+        text=text,
+        html=html,
+        attachments=attachments,
         headers=headers,
         envelope_recipients=tuple(dict.fromkeys(
             [a.lower() for a in envelope_recipients]
             + list(_addresses(raw_addresses.get("delivered-to", ())
                               + raw_addresses.get("x-original-to", ()))))),
         return_path=_return_path(headers),
-        bounce=parse_bounce(msg),
+        bounce=bounce,
         size=len(raw),
     )
 
@@ -268,14 +274,27 @@ def _b64decode(payload: str | bytes) -> bytes:
         return base64.b64decode(clean + "=" * (-len(clean) % 4))
 
 
-def _attachments(items: list[dict]) -> list[Attachment]:
+def _attachments(items: list[dict], msg: Message) -> list[Attachment]:
+    """The attachments mail-parser found, as bytes; *msg* is of no use afterwards.
+
+    For a base64 part mail-parser's payload is the part's own string (no copy), so the
+    wire text and the decoded file would both be held until the end of the parse: 1.75x
+    the attachments. Each string is let go here as soon as its bytes are decoded (the
+    part is emptied), so a large mail costs one part's worth at a time.
+    """
+    holders = {id(part._payload): part for part in msg.walk() if isinstance(part._payload, str)}
     result = []
     for item in items:
         payload = item.get("payload") or ""
+        item["payload"] = None
+        part = holders.pop(id(payload), None)
+        if part is not None and part._payload is payload:
+            part._payload = ""  # the last other reference: freed once decoded below
         if item.get("binary"):
             data = _b64decode(payload)
         else:
             data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
+        del payload
         result.append(Attachment(
             filename=sanitise_filename(str(item.get("filename") or "attachment")),
             content_type=str(item.get("mail_content_type") or "application/octet-stream"),

@@ -61,13 +61,15 @@ class Inbound(Base):
     source: Mapped[str] = mapped_column(String(200))
     source_key: Mapped[str] = mapped_column(String(300))
     received_at: Mapped[datetime]
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     envelope_recipients: Mapped[list[str]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(16), index=True)  # done | failed
     outcome: Mapped[str | None] = mapped_column(String(40))
     case_id: Mapped[int | None] = mapped_column(ForeignKey("case.id"))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=1)
+    # Last on purpose: SQLite builds a row's whole record in memory when it writes
+    # it, unless the big blob is the final column (then it is streamed in place).
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class RefCounter(Base):
@@ -191,10 +193,14 @@ class Event(Base):
 
 
 class Outbox(Base):
-    """Mail waiting to leave, rendered to its final bytes when it was queued.
+    """Mail waiting to leave.
 
-    The bytes (and so the Message-ID) are fixed in the transaction that decided to
-    send, so a retry sends the very same mail and a reply to it threads correctly.
+    Who gets it, its Message-ID and its threading headers are fixed in the transaction
+    that decided to send, so a reply to it threads correctly. The body is rendered
+    later, from ``render`` (the template values that are not in the case) and the
+    case, by the sender when it first claims the row: ``raw`` is NULL until then and
+    never changes after, so a retry sends the very same bytes. Rendering off the
+    deciding transaction keeps a sweep of a thousand reminders short.
     """
 
     __tablename__ = "outbox"
@@ -206,7 +212,8 @@ class Outbox(Base):
     mail_from: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column()
     message_id: Mapped[str] = mapped_column(String(998))
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    render: Mapped[dict[str, Any] | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(10), default="queued")  # queued | sent | dead
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime]

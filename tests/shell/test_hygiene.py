@@ -685,6 +685,29 @@ def test_attachments_in_the_database_when_configured(desk_factory):
         assert (row.data, row.sha256) == (b"%PDF-1.4\n", hashlib.sha256(b"%PDF-1.4\n").hexdigest())
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_large_mail_is_kept_byte_for_byte(desk_factory, request, database):
+    """Over 4 MB the raw bytes go into their row through a blob handle (SQLite; a plain
+    UPDATE elsewhere) and the attachments are decoded part by part, each part emptied
+    as it goes: nothing lost."""
+    import random
+    desk = (desk_factory(database={"url": request.getfixturevalue("postgres_url")})
+            if database == "postgresql" else desk_factory())
+    rng = random.Random(7)
+    files = [(f"scan-{k}.pdf", b"%PDF-1.7\n" + rng.randbytes(2_500_000)) for k in range(2)]
+    raw = with_attachments(*files)
+    assert len(raw) > 6_000_000
+    assert desk.ingest(raw, source_key="big").status == "new_case"
+    resent = raw.replace(b"\r\nSubject:", b"\r\nX-Resent: yes\r\nSubject:", 1)
+    assert desk.ingest(resent, source_key="again").status == "duplicate"
+    assert [(r.source_key, r.raw) for r in inbound_rows(desk)] == [("big", raw), ("again", resent)]
+    kept = desk.case("CC-000001")["messages"][0]["attachments"]
+    assert [a["filename"] for a in kept] == [name for name, _ in files]
+    store = Path(desk.app.settings.resolve(desk.app.settings.helpdesk.attachments))
+    for a, (_, data) in zip(kept, files, strict=True):
+        assert (store / a["sha256"][:2] / a["sha256"]).read_bytes() == data
+
+
 # --- quarantine -----------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 23:51:56.214571
+Create Date: 2026-11-22 01:06:23.266418
 """
 from alembic import op
 import sqlalchemy as sa
@@ -136,13 +136,13 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=200), nullable=False),
     sa.Column('source_key', sa.String(length=300), nullable=False),
     sa.Column('received_at', helpdesk.store.orm.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('raw', sa.LargeBinary(), nullable=False),
     sa.Column('envelope_recipients', sa.JSON(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('outcome', sa.String(length=40), nullable=True),
     sa.Column('case_id', sa.Integer(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('raw', sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(['case_id'], ['case.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('source', 'source_key')
@@ -157,7 +157,8 @@ def upgrade() -> None:
     sa.Column('mail_from', sa.String(length=320), nullable=False),
     sa.Column('recipients', sa.JSON(), nullable=False),
     sa.Column('message_id', sa.String(length=998), nullable=False),
-    sa.Column('raw', sa.LargeBinary(), nullable=False),
+    sa.Column('raw', sa.LargeBinary(), nullable=True),
+    sa.Column('render', sa.JSON(), nullable=True),
     sa.Column('status', sa.String(length=10), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', helpdesk.store.orm.UTCDateTime(timezone=True), nullable=False),
