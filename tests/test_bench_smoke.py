@@ -1,0 +1,29 @@
+"""`python -m bench --quick` still runs end to end (the benchmarks must not rot).
+
+This checks only that every benchmark runs and reports; it asserts nothing about
+speed: figures come from `make bench`, never from a test.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_run_and_print_every_section():
+    if not (shutil.which("dovecot") or Path("/usr/sbin/dovecot").exists()):
+        if os.environ.get("CI") == "true":
+            pytest.fail("the benchmarks need Dovecot, which CI must install")
+        pytest.skip("Dovecot is not installed")
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-readme"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for section in ("helpdesk / limit", "one sweep", "[memory", "95th percentile"):
+        assert section in result.stdout, section
