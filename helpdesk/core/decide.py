@@ -140,7 +140,7 @@ def duplicate_key(msg: InboundMessage, category: CategoryPolicy) -> str | None:
     if category.lifecycle is not Lifecycle.connections:
         return None
     if category.duplicate_key:
-        found = re.search(category.duplicate_key, f"{msg.subject}\n{msg.text}")
+        found = re.search(category.duplicate_key, f"{msg.subject}\n{msg.text}", re.IGNORECASE)
         if found:
             return found.group(1 if found.groups() else 0).strip().casefold()
     return normalise_subject(msg.subject) or None
