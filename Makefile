@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config/helpdesk.yaml
 
-.PHONY: install system-deps run test test-core lint bench bench-quick clean
+.PHONY: install system-deps run test test-core bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -40,7 +40,7 @@ test: install system-deps
 	$(PY) -m pytest
 
 test-core: install
-	$(PY) -m pytest tests/core -q
+	$(PY) -m pytest tests/core tests/test_architecture.py -q
 
 # The benchmarks (bench/README.md) also need the `bench` extra (pyinstrument).
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
