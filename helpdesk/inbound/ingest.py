@@ -112,7 +112,9 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
 
 
 _BLOB_CHUNK = 1 << 20
-_TRIM_ABOVE = 4 << 20
+#: 1 MB, not 4: in a many-message fetch a 3.8 MB mail left RSS ~7 MB higher for good
+#: without the trim (bench/README.md, Memory); two such mails in 1,000 in the bench corpus.
+_TRIM_ABOVE = 1 << 20
 
 
 @functools.cache
@@ -129,7 +131,7 @@ def _release_freed_memory() -> None:
     After a large mail, glibc keeps most of what the parse freed (its mmap threshold
     has grown to the size of the parts), and SQLite's copies of the mail are large
     enough to be mapped afresh instead of reusing it: the peak is then the two added
-    together. A few milliseconds, for large mails only.
+    together. A few milliseconds, for mails of 1 MB or more only.
     """
     trim = _malloc_trim()
     if trim is not None:
