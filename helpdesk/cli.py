@@ -113,8 +113,7 @@ def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
             click.echo(f"{name}: database unavailable: {exc}", err=True)
             sys.exit(75)
         failed += outcome.quarantined
-        click.echo(f"{name}: {outcome.status}" + (f" {outcome.ref}" if outcome.ref else "")
-                   + (f" ({outcome.reason})" if outcome.reason else ""))
+        _report(name, outcome)
     _deliver_and_activate(app)
     if failed:
         raise Failure(f"{failed} message(s) quarantined; see `helpdesk failed list`")
@@ -285,11 +284,16 @@ def failed_retry(ctx: click.Context, ids: tuple[int, ...]) -> None:
         except LookupError as exc:
             raise Failure(str(exc)) from None
         still += outcome.quarantined
-        click.echo(f"{inbound_id}: {outcome.status}" + (f" {outcome.ref}" if outcome.ref else "")
-                   + (f" ({outcome.reason})" if outcome.quarantined else ""))
+        _report(str(inbound_id), outcome)
     _deliver_and_activate(app)
     if still:
         raise Failure(f"{still} message(s) still fail")
+
+
+def _report(label: str, outcome: Any) -> None:
+    """One line per message: what became of it, its case, and why when it says why."""
+    click.echo(f"{label}: {outcome.status}" + (f" {outcome.ref}" if outcome.ref else "")
+               + (f" ({outcome.reason})" if outcome.reason else ""))
 
 
 def _deliver_and_activate(app: App) -> None:
