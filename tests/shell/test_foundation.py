@@ -248,3 +248,11 @@ def test_run_with_smtp_listener_stores_then_acks_into_the_maildir(tmp_path):
     assert daemon.returncode == 0, output
     assert "helpdesk stopped" in output
     assert Path(tmp_path / "helpdesk.db").exists()
+
+
+def test_pipe_mode_keeps_an_unreadable_mail_and_exits_0_so_the_mta_does_not_bounce(desk):
+    result = desk.cli("ingest", input=b"\x00\x01 this is not a mail\n")
+    assert result.returncode == 0
+    assert "quarantined" in result.stdout and "helpdesk failed list" in result.stderr
+    listed = desk.cli("failed", "list", "--json", check=True)
+    assert len(json.loads(listed.stdout)) == 1
