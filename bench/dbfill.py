@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 DOMAINS = 10
 
@@ -99,10 +100,7 @@ def fill_for_sweep(path: Path, total: int, due: int, now: datetime) -> None:
                 subject, created_at, '{{}}', 'Hello, please help with request ' || id || '.', '',
                 NULL
             FROM "case" WHERE due_at <= {n}""")
-        con.execute("INSERT OR REPLACE INTO ref_counter (prefix, last) VALUES ('CC', ?)", (total,))
-        for sql in indexes:
-            con.execute(sql)
-        con.execute("COMMIT")  # no ANALYZE: a real database has none either
+        _finish(con, total, indexes)
     finally:
         con.close()
 
@@ -173,9 +171,14 @@ def fill_history(path: Path, total: int, now: datetime) -> None:
         con.execute("""
             INSERT INTO event (case_id, at, type, detail)
             SELECT id, created_at, 'created', '{"category": "customer_care"}' FROM "case" """)
-        con.execute("INSERT OR REPLACE INTO ref_counter (prefix, last) VALUES ('CC', ?)", (total,))
-        for sql in indexes:
-            con.execute(sql)
-        con.execute("COMMIT")  # no ANALYZE: a real database has none either
+        _finish(con, total, indexes)
     finally:
         con.close()
+
+
+def _finish(con: Any, total: int, indexes: list[str]) -> None:
+    """Hand out references after the filled ones, rebuild the indexes, commit."""
+    con.execute("INSERT OR REPLACE INTO ref_counter (prefix, last) VALUES ('CC', ?)", (total,))
+    for sql in indexes:
+        con.execute(sql)
+    con.execute("COMMIT")  # no ANALYZE: a real database has none either

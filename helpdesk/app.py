@@ -6,6 +6,7 @@ no module-level globals to reach for.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -13,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock, SystemClock
 from helpdesk.config import Settings, load_settings
+from helpdesk.core.decide import Policy
+from helpdesk.core.timers import TimerPolicy
 from helpdesk.mail.templates import BUILTIN_TEMPLATES, TemplateRenderer
 from helpdesk.store import db
 
@@ -41,6 +44,17 @@ class App:
     @classmethod
     def from_config(cls, path: Path | str, clock: Clock | None = None) -> App:
         return cls.from_settings(load_settings(path), clock)
+
+    @cached_property
+    def policy(self) -> Policy:
+        """The core's view of the settings, built once rather than per message."""
+        from helpdesk.policy import core_policy
+        return core_policy(self.settings)
+
+    @cached_property
+    def timer_policy(self) -> TimerPolicy:
+        from helpdesk.policy import timer_policy
+        return timer_policy(self.settings)
 
     def close(self) -> None:
         self.engine.dispose()

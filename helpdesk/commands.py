@@ -4,7 +4,6 @@ from __future__ import annotations
 from helpdesk.app import App
 from helpdesk.core.commands import Command
 from helpdesk.core.decide import Outcome, apply_commands
-from helpdesk.policy import core_policy
 from helpdesk.store import cases
 from helpdesk.store.apply import apply_decision
 
@@ -14,7 +13,7 @@ class CommandRejected(Exception):
 
 
 def set_status(app: App, ref: str, status: str, note: str = "") -> str:
-    policy = core_policy(app.settings)
+    policy = app.policy
     with app.sessions.begin() as session:
         case = cases.by_ref(session, ref)
         if case is None:

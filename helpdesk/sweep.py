@@ -24,7 +24,6 @@ from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.model import MailKind
 from helpdesk.outbound.facts import ChunkFacts, Facts
 from helpdesk.outbound.queue import Extras, limit_windows, queue_mail
-from helpdesk.policy import timer_policy
 from helpdesk.store.apply import change_status
 from helpdesk.store.orm import Case, Event
 
@@ -80,7 +79,7 @@ def _step(session: Session, app: App, case: Case, now: datetime, facts: Facts,
           closing_only: bool = False) -> bool:
     """The due step of a case that was found due under the write lock."""
     lc = Lifecycle(app.settings.categories[case.category].lifecycle)
-    policy = timer_policy(app.settings)
+    policy = app.timer_policy
     step = timers.due_step(lc, case.status, case.clock_started_at, case.reminders_sent, policy, now)
     if step is None:  # stale due time (e.g. config changed): recompute and move on
         case.due_at = timers.next_due_at(lc, case.status, case.clock_started_at,

@@ -25,7 +25,6 @@ from helpdesk.app import App
 from helpdesk.core.decide import decide, support_addresses
 from helpdesk.core.model import InboundMessage
 from helpdesk.mail.parsing import parse_message
-from helpdesk.policy import core_policy
 from helpdesk.store import cases
 from helpdesk.store.apply import apply_decision
 from helpdesk.store.orm import CaseAddress, Inbound, Message
@@ -91,7 +90,7 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
             del msg, duplicate
             _store_raw(session, inbound, raw)
             return Outcome("duplicate", inbound.id)
-        policy = core_policy(app.settings)
+        policy = app.policy
         secret = app.settings.helpdesk.secret
         key = cases.reply_secret(session, secret.get_secret_value() if secret else None)
         context = cases.load_context(session, msg, policy, key)
@@ -184,7 +183,7 @@ def _duplicate_of(session: Session, msg: InboundMessage) -> Message | None:
 
 
 def _record_addresses(session: Session, app: App, existing: Message, msg: InboundMessage) -> None:
-    policy = core_policy(app.settings)
+    policy = app.policy
     for address in support_addresses(msg, policy):
         if not session.scalar(select(CaseAddress.id).where(CaseAddress.case_id == existing.case_id,
                                                            CaseAddress.address == address)):
@@ -253,7 +252,7 @@ def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = 
     except Exception:  # headers we cannot read: nobody to answer
         msg = None
         log.warning("oversized mail with unreadable headers; not answered")
-    policy = core_policy(app.settings)
+    policy = app.policy
     with app.sessions.begin() as session:
         if session.scalar(select(Inbound.id).where(Inbound.source == source,
                                                    Inbound.source_key == source_key)):

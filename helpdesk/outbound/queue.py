@@ -47,7 +47,6 @@ class Extras:
     output: str = ""
     reminder: dict[str, Any] | None = None
     author: tuple[str, str] | None = None  # (address, name) of a relayed staff answer
-    relay_html: str = ""
 
 
 def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime,
@@ -175,7 +174,7 @@ def _values(mail: Mail, extras: Extras) -> dict[str, Any]:
     if mail.relay_text:
         author, name = extras.author or ("", "")
         relay = {"author": author, "author_name": name, "text": mail.relay_text,
-                 "html_safe": extras.relay_html}
+                 "html_safe": ""}  # relays are our own rendering of the staff text
     return {"relay": relay, "reminder": extras.reminder, "output": extras.output,
             "old_case_id": extras.old_case.id if extras.old_case else None,
             "existing_case_id": extras.existing_case.id if extras.existing_case else None}

@@ -13,13 +13,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
-from helpdesk.core import lifecycle, timers
+from helpdesk.core import timers
 from helpdesk.core.decide import Decision
 from helpdesk.core.lifecycle import Lifecycle, Transition
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_token
 from helpdesk.outbound.queue import Extras, queue_mail
-from helpdesk.policy import timer_policy
 from helpdesk.store import cases
 from helpdesk.store.orm import (
     Attachment,
@@ -103,7 +102,7 @@ def change_status(session: Session, app: App, case: Case, step: Transition, now:
     case.clock_started_at, case.reminders_sent = timers.clock_after(
         step.clock, now, case.clock_started_at, case.reminders_sent)
     case.due_at = timers.next_due_at(lc, case.status, case.clock_started_at, case.reminders_sent,
-                                     timer_policy(app.settings))
+                                     app.timer_policy)
 
 
 def store_message(session: Session, app: App, case: Case, msg: InboundMessage, kind: MailKind,
@@ -180,6 +179,3 @@ def _extras(session: Session, decision: Decision, msg: InboundMessage | None, ac
 def _event(session: Session, case: Case, now: datetime, type_: str, detail: dict) -> None:
     session.add(Event(case_id=case.id, at=now, type=type_, detail=detail))
 
-
-def label(app: App, case: Case) -> str:
-    return lifecycle.label(Lifecycle(app.settings.categories[case.category].lifecycle), case.status)
