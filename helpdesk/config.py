@@ -247,10 +247,6 @@ class Settings(_Section):
         return url
 
 
-def default_config_path() -> Path:
-    return Path(os.environ.get("HELPDESK_CONFIG") or "config/helpdesk.yaml")
-
-
 def _expand_env(node: Any, path: str) -> Any:
     if isinstance(node, dict):
         return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}

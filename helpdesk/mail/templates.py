@@ -96,7 +96,7 @@ __all__ = [
     "sample_context",
 ]
 
-BUILTIN_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+BUILTIN_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
 # The outbound mail kinds, each a template (mirrors the outbound part of MailKind).
 KINDS: tuple[str, ...] = (

@@ -44,7 +44,7 @@ def test_kinds_are_the_outbound_mail_kinds():
 
 
 def test_builtin_folder_is_the_top_level_templates_folder():
-    assert BUILTIN_TEMPLATES == Path(tpl.__file__).resolve().parents[2] / "templates"
+    assert BUILTIN_TEMPLATES == Path(tpl.__file__).resolve().parents[1] / "templates"
     for kind in KINDS:
         for part in ("txt", "html"):
             assert (BUILTIN_TEMPLATES / "default" / f"{kind}.{part}.j2").is_file()
