@@ -120,6 +120,9 @@ class ImapMailbox(_Section):
 class SmtpListenerSection(_Section):
     host: str = "127.0.0.1"
     port: int = 2525
+    max_sessions: int = Field(default=100, ge=1)  # concurrent SMTP sessions
+    max_recipients: int = Field(default=100, ge=1)  # RCPT TO per message
+    idle_timeout: Duration = timedelta(seconds=60)  # a silent client is dropped after this
 
 
 class InboundSection(_Section):
@@ -198,6 +201,69 @@ class LimitsSection(_Section):
     participants_per_message: int = 10
     max_message_size: Size = 25 * 10**6
     max_attachment_size: Size = 10 * 10**6
+    # Round 2, trust: what one stranger's mail may cost us and cause.
+    recipients_per_mail: int = Field(default=10, ge=1)  # outgoing recipients per inbound mail
+    new_cases_per_sender: list[Rate] = [(5, timedelta(hours=1))]  # per sender and per domain
+    quote_chars: int = Field(default=4000, ge=0)  # of the description quoted in an ack
+    header_chars: int = Field(default=16000, ge=100)  # a longer header line is cut
+    subject_chars: int = Field(default=1000, ge=10)  # a longer subject is cut
+
+    @field_validator("new_cases_per_sender", mode="before")
+    @classmethod
+    def _one_rate_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class TrustSection(_Section):
+    """Who may steer the helpdesk's mail (SPEC, Round 2: Trust)."""
+
+    # authserv-ids (RFC 8601) of our own MTA: only its Authentication-Results count.
+    authserv_ids: list[str] = []
+    require_staff_auth: bool = True  # false: a lab setup; check-config and status warn
+
+    @field_validator("authserv_ids")
+    @classmethod
+    def _lower_ids(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value]
+
+
+class KnowledgeBaseSection(_Section):
+    """Suggested articles in the acknowledgement (SPEC, Round 2: Knowledge base)."""
+
+    path: Path | None = None  # a folder of Markdown articles; None: no knowledge base
+    suggestions: int = Field(default=3, ge=0)  # per acknowledgement; 0 turns suggestions off
+    min_score: float | Literal["auto"] = "auto"
+    base_url: str | None = None  # links are base_url/<slug> unless an article has `url`
+    hold_staff_notice: Duration = timedelta(0)
+
+
+PUBLIC_MAIL_DOMAINS = [
+    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com",
+    "yahoo.com", "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com", "proton.me",
+    "protonmail.com", "gmx.com", "gmx.net", "gmx.de", "web.de", "mail.com", "yandex.com",
+    "yandex.ru", "mail.ru", "qq.com", "163.com", "126.com", "zoho.com", "fastmail.com",
+    "tutanota.com", "hey.com", "orange.fr", "free.fr", "laposte.net", "t-online.de",
+    "libero.it", "virgilio.it", "seznam.cz", "wp.pl", "o2.pl", "naver.com", "daum.net",
+]
+
+
+class WebSection(_Section):
+    """The case overview portal (SPEC, Round 2: Case overview)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str | None = None  # what links in mail point to; default http://host:port
+    company_domains: bool = True  # customers also see their colleagues' cases (same domain)
+    public_domains: list[str] = PUBLIC_MAIL_DOMAINS  # never treated as one company
+
+    @field_validator("public_domains")
+    @classmethod
+    def _lower_domains(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower().lstrip("@") for v in value]
+
+    @property
+    def effective_base_url(self) -> str:
+        return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 class HygieneSection(_Section):
@@ -218,6 +284,9 @@ class Settings(_Section):
     threading: ThreadingSection = ThreadingSection()
     limits: LimitsSection = LimitsSection()
     hygiene: HygieneSection = HygieneSection()
+    trust: TrustSection = TrustSection()
+    knowledge_base: KnowledgeBaseSection = KnowledgeBaseSection()
+    web: WebSection | None = None
     config_dir: Path = Path(".")  # set by the loader, not by the file
 
     @field_validator("staff")

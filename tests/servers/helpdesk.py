@@ -27,6 +27,7 @@ from helpdesk.store import db
 from helpdesk.views import show_case
 
 START = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+AUTHSERV_ID = "mx.example.com"  # the test config's trusted MTA (trust.authserv_ids)
 
 
 def base_config(tmp: Path, smtp_port: int | None) -> dict[str, Any]:
@@ -39,6 +40,7 @@ def base_config(tmp: Path, smtp_port: int | None) -> dict[str, Any]:
         "database": {"url": f"sqlite:///{tmp / 'helpdesk.db'}"},
         "outbound": outbound,
         "staff": ["agent@example.com", "@staff.example.com"],
+        "trust": {"authserv_ids": [AUTHSERV_ID]},
         "categories": {
             "customer_care": {"label": "Customer Care", "prefix": "CC",
                               "addresses": ["support@example.com"], "lifecycle": "customer_care"},
@@ -49,6 +51,14 @@ def base_config(tmp: Path, smtp_port: int | None) -> dict[str, Any]:
                         "lifecycle": "customer_care"},
         },
     }
+
+
+def staff_auth(address: str, authserv_id: str = AUTHSERV_ID) -> dict[str, str]:
+    """The header our MTA adds to a mail whose DMARC check passed: what makes a staff
+    member's mail count as theirs (SPEC, Trust). ``headers=staff_auth(sender)``."""
+    domain = address.rpartition("@")[2].rstrip(">")
+    return {"Authentication-Results":
+            f"{authserv_id}; dkim=pass header.d={domain}; dmarc=pass header.from={domain}"}
 
 
 def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
