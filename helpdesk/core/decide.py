@@ -26,6 +26,7 @@ from helpdesk.core.matching import (
 )
 from helpdesk.core.model import Bounce, InboundMessage, MailKind
 from helpdesk.core.refs import normalise_subject, parse_reply_address
+from helpdesk.core.trust import UNVERIFIED, SenderTrust
 
 
 class Outcome(StrEnum):
@@ -78,6 +79,7 @@ class Context:
     candidates: Candidates = Candidates()
     bounced_case: CaseView | None = None  # the case whose outgoing mail this bounce is about
     open_duplicate: CaseView | None = None  # an open connection request with the same key
+    sender_trust: SenderTrust = UNVERIFIED  # what the shell could verify of the sender
 
 
 @dataclass(frozen=True, slots=True)
