@@ -37,6 +37,12 @@ def strip_prefixes(subject: str) -> str:
     return _PREFIX.sub("", " ".join(subject.split())).strip()
 
 
+def untagged_subject(subject: str) -> str:
+    """A new case's subject made from a reply: ``"Re: [CC-000001] Printer"`` -> ``"Printer"``.
+    The old tag would otherwise stand in the new case's list row and in all its mail."""
+    return " ".join(_TAG.sub(" ", strip_prefixes(subject)).split())
+
+
 def normalise_subject(subject: str) -> str:
     """For comparing two requests: no prefixes, no tags, case and spacing folded."""
     return " ".join(_TAG.sub(" ", strip_prefixes(subject)).casefold().split())

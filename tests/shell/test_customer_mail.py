@@ -1,0 +1,98 @@
+"""Issue 11, the customer's side: the mails as the customer reads them — who they come from,
+what they thread on, how they are signed and what they ask — through the real pipeline,
+the real console command and the recording MTA."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from email.message import EmailMessage
+
+from helpdesk.inbound.ingest import Outcome
+from tests.servers.helpdesk import Desk, make_mail, staff_auth
+from tests.shell.test_lifecycle_e2e import (
+    AGENT,
+    AGENT_ADDR,
+    ANA,
+    ANA_ADDR,
+    BO_ADDR,
+    DAY,
+    START,
+    kinds,
+    last_mail,
+    mails_of_kind,
+    open_case,
+    sweep,
+    text_of,
+    html_of,
+    words,
+    write,
+)
+
+
+def agent(desk: Desk, ref: str, body: str, sender: str = AGENT) -> Outcome:
+    """The agent answers the latest mail of the case they got, authenticated by our MTA."""
+    outcome = write(desk, ref, sender, body, headers=staff_auth(AGENT_ADDR))
+    assert (outcome.status, outcome.ref) == ("staff_reply", ref), outcome
+    return outcome
+
+
+def events(desk: Desk, ref: str, type_: str) -> list[dict]:
+    return [e["detail"] for e in desk.case(ref)["events"] if e["type"] == type_]
+
+
+# -- a status change with a note tells the participants ---------------------------------------
+
+def test_set_status_in_progress_with_a_note_relays_it_to_every_participant(desk):
+    ref = open_case(desk, cc=[BO_ADDR])
+    agent(desk, ref, "#waiting\nWhich model is it, please?\n")
+    result = desk.cli("cases", "set-status", ref, "in_progress", "--note",
+                      "We have found the cause and are working on it.")
+    assert result.returncode == 0, result.stderr
+    assert f"{ref}: waiting -> in_progress" in result.stdout
+    for address in (ANA_ADDR, BO_ADDR):
+        assert kinds(desk, ref, to=address) == ["ack", "status", "relay"]
+        [relay] = mails_of_kind(desk, ref, "relay", to=address)
+        for body in (text_of(relay), html_of(relay)):
+            assert "We have found the cause and are working on it." in body
+    assert events(desk, ref, "relayed")[-1] == {"by": "cli"}
+
+
+def test_set_status_without_a_note_sends_what_the_status_sends_and_no_more(desk):
+    ref = open_case(desk)
+    desk.cli("cases", "set-status", ref, "in_progress", check=True)
+    assert kinds(desk, ref) == ["ack"]
+    assert events(desk, ref, "relayed") == []
+
+
+def test_a_staff_mail_status_in_progress_with_a_note_relays_the_note(desk):
+    ref = open_case(desk)
+    agent(desk, ref, "#waiting\nWhich model is it, please?\n")
+    agent(desk, ref, "#status in_progress Thanks, we have what we need.\n")
+    assert kinds(desk, ref) == ["ack", "status", "relay"]
+    [relay] = mails_of_kind(desk, ref, "relay")
+    assert "Thanks, we have what we need." in text_of(relay)
+    assert "#status" not in text_of(relay)
+
+
+# -- a case opened by a reply to a closed one --------------------------------------------------
+
+def test_a_case_opened_by_a_reply_to_a_closed_case_loses_the_old_tag_but_keeps_the_link(desk):
+    old = open_case(desk, "Printer on fire")
+    agent(desk, old, "#close\nClosing as discussed.\n")
+    desk.clock.current = START + DAY
+    outcome = write(desk, old, ANA, "It is burning again.\n")
+    new = outcome.ref
+    assert outcome.status == "new_case" and new != old
+    [row] = [c for c in json.loads(desk.cli("cases", "list", "--json", check=True).stdout)
+             if c["ref"] == new]
+    assert row["subject"] == "Printer on fire" and row["linked_refs"] == [old]
+    listed = desk.cli("cases", "list", check=True).stdout
+    assert f"[{old}]" not in listed
+    [ack] = mails_of_kind(desk, new, "ack")
+    assert ack["Subject"] == f"[{new}] Printer on fire"
+    assert old in text_of(ack)  # the acknowledgement names both references
+    agent(desk, new, "Please unplug it first.\n")
+    [relay] = mails_of_kind(desk, new, "relay")
+    assert relay["Subject"] == f"[{new}] Printer on fire"
+    for body in (text_of(ack), text_of(relay)):
+        assert f"[{old}] Printer" not in body and "Re: " not in body
