@@ -71,7 +71,11 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     category = settings.categories[case.category]
     from_address = category.addresses[0].lower()
     first, last = facts.thread(case.id)
-    parent = extras.message.message_id if extras.message and extras.message.message_id else last
+    # Participants' mail threads on the latest mail of the case they have (the mail that
+    # caused this one is stored by now when it is theirs); a mail to one person answers
+    # what that person wrote.
+    answered = extras.message.message_id if extras.message else ""
+    parent = last if mail.to is Audience.PARTICIPANTS or not answered else answered
     envelope = compose.Envelope(
         from_address=from_address,
         from_name=f"{settings.helpdesk.name} ({category.label})",

@@ -96,3 +96,55 @@ def test_a_case_opened_by_a_reply_to_a_closed_case_loses_the_old_tag_but_keeps_t
     assert relay["Subject"] == f"[{new}] Printer on fire"
     for body in (text_of(ack), text_of(relay)):
         assert f"[{old}] Printer" not in body and "Re: " not in body
+
+
+# -- threading on what the customer has --------------------------------------------------------
+
+def assert_threads_on_what_they_have(desk: Desk, ref: str, address: str) -> int:
+    """Every mail ``address`` got names, in In-Reply-To and References, only mails that
+    ``address`` sent or had received before it; returns how many mails were checked."""
+    have: set[str] = set()
+    checked = 0
+    for m in desk.case(ref)["messages"]:
+        mine = m["from"] == address if m["direction"] == "in" else address in m["to"]
+        if m["direction"] == "out" and mine:
+            [mail] = [x for x in desk.sent_to(address)
+                      if x["Message-ID"].strip("<>") == m["message_id"]]
+            named = {mail["In-Reply-To"].strip("<>"),
+                     *(r.strip("<>") for r in mail["References"].split())}
+            assert named <= have, (m["kind"], named - have)
+            checked += 1
+        if mine:
+            have.add(m["message_id"])
+    return checked
+
+
+def test_relays_status_mails_and_reminders_thread_on_mails_the_customer_has(desk):
+    ref = open_case(desk)
+    agent(desk, ref, "Hello Ana, please unplug it.\n\nRegards,\nAgent Smith\n")
+    [ack] = mails_of_kind(desk, ref, "ack")
+    [relay] = mails_of_kind(desk, ref, "relay")
+    assert relay["In-Reply-To"] == ack["Message-ID"]  # not the agent's own mail
+    write(desk, ref, ANA, "Done, it still smokes.\n")
+    reply_id = [m["message_id"] for m in desk.case(ref)["messages"]
+                if m["direction"] == "in" and m["from"] == ANA_ADDR][-1]
+    agent(desk, ref, "#waiting\nWhich model is it?\n")
+    [status] = mails_of_kind(desk, ref, "status")
+    assert status["In-Reply-To"] == f"<{reply_id}>"
+    agent(desk, ref, "#note she sounded worried\n")  # internal: nothing for Ana to thread on
+    sweep(desk, START + 3 * DAY)
+    [reminder] = mails_of_kind(desk, ref, "reminder")
+    assert reminder["In-Reply-To"] == status["Message-ID"]
+    assert assert_threads_on_what_they_have(desk, ref, ANA_ADDR) == 4
+
+
+def test_a_mail_without_message_id_is_never_named_in_in_reply_to(desk):
+    raw = make_mail(ANA, "support@example.com", "Printer on fire")
+    raw = b"\r\n".join(line for line in raw.split(b"\r\n")
+                       if not line.lower().startswith(b"message-id:"))
+    ref = desk.ingest(raw).ref
+    [ack] = mails_of_kind(desk, ref, "ack")
+    assert ack["In-Reply-To"] is None and ack["References"] is None
+    agent(desk, ref, "Please unplug it.\n")
+    [relay] = mails_of_kind(desk, ref, "relay")
+    assert relay["In-Reply-To"] == ack["Message-ID"]
