@@ -19,7 +19,7 @@ from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_address, tagged_subject
 from helpdesk.mail import compose
-from helpdesk.mail.templates import build_context
+from helpdesk.mail.context import build_context
 from helpdesk.outbound.facts import Facts
 from helpdesk.outbound.render import render_mail, render_spec
 from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox
