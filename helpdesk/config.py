@@ -82,6 +82,7 @@ class HelpdeskSection(_Section):
     attachments: Path = Path("../var/attachments")  # content-addressed store on disk
     attachment_store: Literal["disk", "database"] = "disk"
     secret: SecretStr | None = None  # keys the reply-address tokens; derived from the DB if unset
+    show_agent_address: bool = False  # relayed answers name the agent; their address only if on
 
 
 class DatabaseSection(_Section):

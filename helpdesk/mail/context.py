@@ -44,8 +44,11 @@ CONTEXT: dict[str, str] = {
         "`case`), else `None`"
     ),
     "output": "for `credentials`: the activation hook's stdout; `\"\"` otherwise",
-    "relay": "for `relay`: the staff answer relayed, else `None`",
-    "relay.author": "its author's address",
+    "relay": (
+        "a staff member's words the mail carries (a `relay`, or the text of a status change "
+        "by mail), else `None`; the helpdesk signs only mail without them"
+    ),
+    "relay.author": "its author's address if `helpdesk.show_agent_address`, else `\"\"`",
     "relay.author_name": "its author's display name (`\"\"` when unknown)",
     "relay.text": "its plain text",
     "relay.html_safe": "its HTML, already sanitised with nh3 (may be marked safe), or `\"\"`",

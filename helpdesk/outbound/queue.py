@@ -93,7 +93,8 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     )
     outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": from_address,
               "recipients": list(recipients), "message_id": envelope.message_id, "raw": None,
-              "render": render_spec(envelope, mail, extras.message, _values(mail, extras)),
+              "render": render_spec(envelope, mail, extras.message,
+                                    _values(mail, extras, settings.helpdesk.show_agent_address)),
               "status": "queued", "attempts": 0, "next_attempt_at": now, "created_at": now}
     body = None
     if render_now:
@@ -172,12 +173,16 @@ def _span(window: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _values(mail: Mail, extras: Extras) -> dict[str, Any]:
+def _values(mail: Mail, extras: Extras, show_agent_address: bool) -> dict[str, Any]:
     """The template values of ``extras`` that the case will not hold at render time."""
     relay = None
-    if mail.relay_text:
-        author, name = extras.author or ("", "")
-        relay = {"author": author, "author_name": name, "text": mail.relay_text,
+    if mail.relay_text and extras.author:
+        address, name = extras.author
+        # A staff member's address is theirs, not the customer's to keep: the mail
+        # names them, and only an admin who wants replies to reach them directly
+        # shows it (templates cannot leak what they are not given).
+        relay = {"author": address if show_agent_address else "", "author_name": name,
+                 "text": mail.relay_text,
                  "html_safe": ""}  # relays are our own rendering of the staff text
     return {"relay": relay, "reminder": extras.reminder, "output": extras.output,
             "old_case_id": extras.old_case.id if extras.old_case else None,

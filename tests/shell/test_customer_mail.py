@@ -148,3 +148,45 @@ def test_a_mail_without_message_id_is_never_named_in_in_reply_to(desk):
     agent(desk, ref, "Please unplug it.\n")
     [relay] = mails_of_kind(desk, ref, "relay")
     assert relay["In-Reply-To"] == ack["Message-ID"]
+
+
+# -- one signature, the agent's name, not their address ----------------------------------------
+
+def test_a_relay_is_signed_once_and_names_the_agent_without_their_address(desk):
+    ref = open_case(desk)
+    agent(desk, ref, "Hello Ana,\n\nplease unplug it.\n\nRegards,\nAgent Smith\n")
+    [relay] = mails_of_kind(desk, ref, "relay")
+    text, html = text_of(relay), html_of(relay)
+    assert text.count("Regards,") == 1 and "Kind regards" not in text
+    assert "Kind regards" not in html
+    assert "Agent Smith (Example Support) answered" in words(text)
+    assert "Agent Smith (Example Support) answered" in words(html)
+    assert AGENT_ADDR.encode() not in relay.as_bytes()
+
+
+def test_a_status_mail_carrying_the_agents_words_is_signed_once(desk):
+    ref = open_case(desk)
+    agent(desk, ref, "#waiting\nWhich model is it?\n\nRegards,\nAgent Smith\n")
+    [status] = mails_of_kind(desk, ref, "status")
+    for body in (text_of(status), html_of(status)):
+        assert "Which model is it?" in body
+        assert body.count("Regards,") == 1 and "Kind regards" not in body
+    assert AGENT_ADDR.encode() not in status.as_bytes()
+
+
+def test_the_agents_address_shows_only_when_configured(desk_factory):
+    desk = desk_factory(helpdesk={"show_agent_address": True})
+    ref = open_case(desk)
+    agent(desk, ref, "Please unplug it.\n\nAgent Smith\n")
+    [relay] = mails_of_kind(desk, ref, "relay")
+    assert f"Agent Smith <{AGENT_ADDR}> (Example Support) answered" in words(text_of(relay))
+
+
+def test_a_note_from_the_command_line_is_signed_by_the_helpdesk(desk):
+    ref = open_case(desk)
+    desk.cli("cases", "set-status", ref, "in_progress", "--note", "We are on it.", check=True)
+    [relay] = mails_of_kind(desk, ref, "relay")
+    text = text_of(relay)
+    assert text.startswith("Hello,") and "We are on it." in text
+    assert "Kind regards, Example Support" in words(text)
+    assert "cli" not in words(text).split()
