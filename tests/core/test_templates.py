@@ -479,3 +479,24 @@ def test_objects_work_as_well_as_mappings(renderer):
     ctx["case"] = SimpleNamespace(**ctx["case"])
     ctx["helpdesk"] = SimpleNamespace(**ctx["helpdesk"])
     assert "BL-000042" in renderer.render("billing", "solution", ctx).text
+
+
+# --------------------------------------------------------------------------- wording (issue 11)
+
+CUSTOMER_KINDS = [k for k in KINDS if k not in ("command_error", "manual_review", "staff_notice")]
+
+
+@pytest.mark.parametrize("category", ["customer_care", "billing"])
+@pytest.mark.parametrize("kind", CUSTOMER_KINDS)
+def test_a_generic_helpdesk_speaks_to_the_customer_not_of_a_marketplace(renderer, category, kind):
+    for full in (False, True):
+        ctx = sample_context(kind, category, full=full)
+        # the label and the values are the admin's, staff's and customer's; the prose is ours
+        ctx["note"] = "NOTE" if ctx["note"] else ""
+        if ctx["case"] is not None:
+            ctx["case"] |= {"status_label": "LABEL", "participants": ["ana@customer.example",
+                                                                      "carl@customer.example"]}
+        body = renderer.render(category, kind, ctx)
+        for text in (body.text, body.html):
+            for marketplace in ("buyer", "seller", "partner", "product team"):
+                assert marketplace not in text.lower(), (kind, marketplace)

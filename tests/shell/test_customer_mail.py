@@ -190,3 +190,40 @@ def test_a_note_from_the_command_line_is_signed_by_the_helpdesk(desk):
     assert text.startswith("Hello,") and "We are on it." in text
     assert "Kind regards, Example Support" in words(text)
     assert "cli" not in words(text).split()
+
+
+# -- resolved -> closed: what the customer was told is what happens -----------------------------
+
+def test_a_resolved_case_closes_silently_after_the_days_its_solution_mail_announced(desk):
+    from helpdesk.mail.templates import BUILTIN_TEMPLATES
+
+    ref = open_case(desk)
+    agent(desk, ref, "#resolve Replaced the fuser.\n")
+    [solution] = mails_of_kind(desk, ref, "solution")
+    for body in (words(text_of(solution)), words(html_of(solution))):
+        assert "within 7 days" in body and "closed without a further message" in body
+    sweep(desk, START + 7 * DAY)
+    assert desk.case(ref)["status"] == "closed"
+    assert kinds(desk, ref) == ["ack", "solution"]
+    # and the admin's documentation says the same
+    readme = (BUILTIN_TEMPLATES / "README.md").read_text(encoding="utf-8")
+    [row] = [line for line in readme.splitlines() if line.startswith("| `closed_notice` |")]
+    assert "reopen" not in row and "#close" in row
+    # a later reply opens a new case with the old one's history, as the mail promised
+    desk.clock.current = START + 8 * DAY
+    later = write(desk, ref, ANA, "It jams again.\n")
+    assert later.status == "new_case" and desk.case(later.ref)["linked_refs"] == [ref]
+
+
+# -- wording: what we need from the customer ---------------------------------------------------
+
+def test_a_waiting_case_tells_the_customer_what_is_needed_from_them(desk):
+    ref = open_case(desk)
+    agent(desk, ref, "#waiting\nWhich model is it?\n")
+    sweep(desk, START + 3 * DAY)
+    [status] = mails_of_kind(desk, ref, "status")
+    [reminder] = mails_of_kind(desk, ref, "reminder")
+    for mail in (status, reminder):
+        for body in (words(text_of(mail)), words(html_of(mail))):
+            assert "We need more information from you" in body
+            assert "buyer" not in body and "seller" not in body
