@@ -227,3 +227,26 @@ def test_a_waiting_case_tells_the_customer_what_is_needed_from_them(desk):
         for body in (words(text_of(mail)), words(html_of(mail))):
             assert "We need more information from you" in body
             assert "buyer" not in body and "seller" not in body
+
+
+# -- README, Staff: who hears of what -----------------------------------------------------------
+
+def test_staff_hear_of_every_new_case_and_every_reply_and_assign_changes_who(desk):
+    def notices() -> list[tuple[str, list[str]]]:
+        """(case, recipients) of every staff notice the MTA delivered, in order."""
+        kind = {m["message_id"]: m["kind"] for ref in refs for m in desk.case(ref)["messages"]}
+        return [(m["X-Helpdesk-Case"], sorted(e.rcpt_tos))
+                for m, e in zip(desk.sent(), desk.mta.handler.envelopes)
+                if kind.get(m["Message-ID"].strip("<>")) == "staff_notice"]
+
+    care = open_case(desk)
+    connection = desk.ingest(make_mail(ANA, "connections@example.com", "New connection: X")).ref
+    refs = (care, connection)
+    write(desk, care, ANA, "More details.\n")
+    # `staff` lists agent@example.com and @staff.example.com: a domain gets nothing;
+    # connections has its own `notify`
+    assert notices() == [(care, [AGENT_ADDR]), (connection, ["connectivity@example.com"]),
+                         (care, [AGENT_ADDR])]
+    agent(desk, care, "#assign sam@staff.example.com\n")
+    write(desk, care, ANA, "Even more details.\n")
+    assert notices()[-1] == (care, ["sam@staff.example.com"])
