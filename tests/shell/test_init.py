@@ -34,7 +34,8 @@ def mails_to(site: Path, address: str) -> list[EmailMessage]:
 
 def test_init_lays_out_a_site_and_never_overwrites_a_config(tmp_path):
     site = tmp_path / "site"
-    created = [path.relative_to(site).as_posix() for path, _ in write_site(site)]
+    no_samples = tmp_path / "no-samples"  # the package's own samples are the next test's
+    created = [path.relative_to(site).as_posix() for path, _ in write_site(site, no_samples)]
     assert created == ["config/helpdesk.yaml", "templates"]
     config = yaml.safe_load((site / "config" / "helpdesk.yaml").read_text())
     assert config["helpdesk"]["templates"] == "../templates"
