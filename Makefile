@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config/helpdesk.yaml
 
-.PHONY: install system-deps run test test-core bench bench-quick clean
+.PHONY: install system-deps run test test-core wheel bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ test: install system-deps
 test-core: install
 	$(PY) -m pytest tests/core tests/test_architecture.py -q
 
+# dist/helpdesk-*.whl: everything a site needs (README, Quick start: from a wheel)
+wheel: install
+	$(PY) -m pip wheel --quiet --no-deps -w dist .
+
 # The benchmarks (bench/README.md) also need the `bench` extra (pyinstrument).
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
@@ -54,4 +58,4 @@ bench-quick: install $(VENV)/.bench-installed system-deps
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache build dist

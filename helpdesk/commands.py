@@ -24,9 +24,4 @@ def set_status(app: App, ref: str, status: str, note: str = "") -> str:
         if decision.outcome is Outcome.REJECTED:
             raise CommandRejected("; ".join(decision.reasons))
         apply_decision(session, app, decision, None, None, app.clock.now(), actor="cli")
-        if note:
-            from helpdesk.store.orm import Event
-            # The note goes to the participants in the status mail, as a relayed answer does.
-            session.add(Event(case_id=case.id, at=app.clock.now(), type="relayed",
-                              detail={"by": "cli", "text": note}))
         return f"{case.ref}: {view.status} -> {case.status}"

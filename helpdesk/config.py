@@ -82,6 +82,7 @@ class HelpdeskSection(_Section):
     attachments: Path = Path("../var/attachments")  # content-addressed store on disk
     attachment_store: Literal["disk", "database"] = "disk"
     secret: SecretStr | None = None  # keys the reply-address tokens; derived from the DB if unset
+    show_agent_address: bool = False  # relayed answers name the agent; their address only if on
 
 
 class DatabaseSection(_Section):
@@ -294,6 +295,21 @@ class Settings(_Section):
     def _lower(cls, value: list[str]) -> list[str]:
         return [v.strip().lower() for v in value]
 
+    @field_validator("categories")
+    @classmethod
+    def _one_category_per_address(
+            cls, value: dict[str, CategorySection]) -> dict[str, CategorySection]:
+        # Routing takes the first category that lists an address: the other would
+        # silently never see the mail.
+        owner: dict[str, str] = {}
+        for name, category in value.items():
+            for address in category.addresses:
+                first = owner.setdefault(address.strip().lower(), name)
+                if first != name:
+                    raise ValueError(f"{address} is an address of both {first} and {name}; "
+                                     f"give each address to one category")
+        return value
+
     @property
     def own_addresses(self) -> frozenset[str]:
         """Addresses that are us: never participants, never answered."""
@@ -334,7 +350,12 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for err in error.errors():
         key = ".".join(str(p) for p in err["loc"] if p not in ("function-before", "function-after"))
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "value_error":  # our own check: its words, without pydantic's prefix
+            message = str(err["ctx"]["error"])
+        else:
+            message = err["msg"]
         lines.append(f"{key or '(top level)'}: {message}")
     return "\n".join(lines)
 

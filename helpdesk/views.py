@@ -1,11 +1,13 @@
 """Read-only views of cases and the quarantine, shaped as the CLI's --json contract."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import select
 
 from helpdesk.app import App
+from helpdesk.core.refs import ref_candidates
 from helpdesk.mail.parsing import parse_message
 from helpdesk.store import cases
 from helpdesk.store.orm import Attachment, Case, CaseAddress, Event, Inbound, Message, Participant
@@ -48,7 +50,7 @@ _SORT = {"created": Case.created_at, "updated": Case.updated_at, "status": Case.
 
 def list_cases(app: App, *, status: str | None = None, category: str | None = None,
                requester: str | None = None, company: str | None = None,
-               sort: str = "created") -> list[dict[str, Any]]:
+               sort: str = "created", descending: bool = False) -> list[dict[str, Any]]:
     query = select(Case)
     if status:
         query = query.where(Case.status == status)
@@ -58,9 +60,25 @@ def list_cases(app: App, *, status: str | None = None, category: str | None = No
         query = query.where(Case.requester == requester.lower())
     if company:
         query = query.where(Case.requester_domain == company.lower().lstrip("@"))
-    query = query.order_by(_SORT[sort], Case.id)
+    key = _SORT[sort]
+    query = query.order_by(key.desc(), Case.id.desc()) if descending else query.order_by(key, Case.id)
     with app.sessions() as session:
         return [_case_summary(session, app, c) for c in session.scalars(query)]
+
+
+def resolve_ref(app: App, typed: str) -> str:
+    """The reference of the one case ``typed`` means (``CC-000001``, ``cc-1``, or ``1`` when
+    only one prefix has a case 1); LookupError naming the candidates otherwise."""
+    prefixes = [c.prefix for c in app.settings.categories.values()]
+    candidates = ref_candidates(typed, prefixes) or (typed.strip().upper(),)
+    with app.sessions() as session:
+        found = list(session.scalars(select(Case.ref).where(Case.ref.in_(candidates))
+                                     .order_by(Case.ref)))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise LookupError(f"{typed} is ambiguous: {' or '.join(found)}")
+    raise LookupError(f"no case {typed}")
 
 
 def show_case(app: App, ref: str) -> dict[str, Any] | None:
@@ -90,8 +108,9 @@ def show_case(app: App, ref: str) -> dict[str, Any] | None:
 
 
 def render_case_text(case: dict[str, Any]) -> str:
+    """``cases show`` for a terminal: the case, then every message with its body."""
     lines = [f"{case['ref']}  [{case['category_label']}]  {case['status_label']}",
-             f"Subject:      {case['subject']}",
+             f"Subject:      {printable(case['subject'])}",
              f"Requester:    {case['requester']}",
              f"Participants: {', '.join(case['participants'])}",
              f"Created:      {case['created_at']}   Updated: {case['updated_at']}"]
@@ -101,12 +120,34 @@ def render_case_text(case: dict[str, Any]) -> str:
         lines.append(f"Linked:       {', '.join(case['linked_refs'])}")
     lines.append("\nMessages:")
     for m in case["messages"]:
-        arrow = "<-" if m["direction"] == "in" else "->"
-        lines.append(f"  {m['date'][:19]} {arrow} {m['kind']:<13} {m['from']}: {m['subject']}")
+        # Outgoing mail is shown with whom it went to, incoming with who wrote it.
+        who = (f"to {', '.join(m['to'] + m['cc'])}" if m["direction"] == "out"
+               else f"from {m['from']}" + (f", cc {', '.join(m['cc'])}" if m["cc"] else ""))
+        arrow = "->" if m["direction"] == "out" else "<-"
+        lines += ["", f"  {m['date'][:19]} {arrow} {m['kind']}  {who}",
+                  f"  Subject: {printable(m['subject'])}"]
+        lines += [f"  Attachment: {printable(a['filename'])} ({a['size']} bytes)"
+                  for a in m["attachments"]]
+        body = printable(m["text"], keep_lines=True).strip("\n")
+        lines += [f"    {line}".rstrip() for line in body.split("\n")] if body else \
+            ["    (the body is written when the outbox sends it)" if m["direction"] == "out"
+             else "    (no text)"]
     lines.append("\nEvents:")
     for e in case["events"]:
-        lines.append(f"  {e['at'][:19]} {e['type']:<22} {e['detail']}")
+        lines.append(f"  {e['at'][:19]} {e['type']:<22} {printable(str(e['detail']))}")
     return "\n".join(lines)
+
+
+# Mail text is written by strangers: control characters (a terminal's escape
+# sequences among them) are shown as "?" rather than sent to the admin's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, keep_lines: bool = False) -> str:
+    """``text`` safe to print on a terminal (one line unless ``keep_lines``)."""
+    text = text.replace("\r\n", "\n")
+    return (_CONTROL if keep_lines else _CONTROL_OR_NEWLINE).sub("?", text.expandtabs(4))
 
 
 def list_failed(app: App) -> list[dict[str, Any]]:
@@ -123,3 +164,32 @@ def _subject(raw: bytes) -> str:
         return parse_message(raw).subject
     except Exception:  # it is in the quarantine because it does not parse
         return ""
+
+
+def failed_message(app: App, inbound_id: int) -> dict[str, Any] | None:
+    """One quarantined message: why it failed, its header block as received, its bytes."""
+    with app.sessions() as session:
+        row = session.get(Inbound, inbound_id)
+        if row is None or row.status != "failed":
+            return None
+        return {"id": row.id, "source": row.source, "received_at": _iso(row.received_at),
+                "error": row.error, "attempts": row.attempts, "size": len(row.raw),
+                "raw": row.raw}
+
+
+def render_failed_text(failed: dict[str, Any]) -> str:
+    raw: bytes = failed["raw"]
+    # The header block as it came, up to the first empty line: a mail that failed to
+    # parse is shown without parsing it again.
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    head = raw[:min(ends)] if ends else raw
+    lines = [f"Quarantined message {failed['id']}",
+             f"Received:  {failed['received_at']} via {failed['source']} "
+             f"({failed['size']} bytes, {failed['attempts']} attempt(s))",
+             f"Reason:    {printable(failed['error'] or '')}",
+             "", "Headers:"]
+    lines += [f"  {printable(line)}" for line in
+              head.decode("utf-8", errors="replace").replace("\r\n", "\n").split("\n")]
+    lines += ["", f"`helpdesk failed show {failed['id']} --raw` prints the message as received; "
+                  f"`helpdesk failed retry {failed['id']}` runs it again."]
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ lifecycle.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from helpdesk.core import lifecycle
@@ -25,7 +25,7 @@ from helpdesk.core.matching import (
     match_case,
 )
 from helpdesk.core.model import Bounce, InboundMessage, MailKind
-from helpdesk.core.refs import normalise_subject, parse_reply_address
+from helpdesk.core.refs import normalise_subject, parse_reply_address, untagged_subject
 from helpdesk.core.trust import UNVERIFIED, SenderTrust
 
 
@@ -205,8 +205,10 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
     requester = requester_of(msg, policy)
     others, skipped = _new_participants(msg, policy, exclude={requester},
                                         room=policy.participants_per_case - 1)
+    # A case opened by a reply to another keeps the link, not the other's tag in its subject.
+    subject = msg.subject if linked_to is None else untagged_subject(msg.subject)
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
-                  subject=msg.subject, requester=requester, requester_name=msg.sender_name,
+                  subject=subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
                   link_reason=link_reason)
     return Decision(
@@ -289,28 +291,29 @@ def staff_reply(case: CaseView, msg: InboundMessage, policy: Policy) -> Decision
                                                 Event(Trigger.staff_reply)),)
         except IllegalTransition:
             transitions = ()
-    mails = list(decision.mails)
-    if body.text and not internal:
-        # The customer-facing mail a transition sends carries the staff's words;
-        # only when there is none do they go out as a plain relay.
-        carriers = [i for i, m in enumerate(mails) if m.to is Audience.PARTICIPANTS]
-        if carriers:
-            first = mails[carriers[0]]
-            # Its templates print `note`: the command's own text (#resolve Fixed it),
-            # then the staff's words, so the solution / question reaches the customer.
-            note = "\n\n".join(filter(None, (first.note, body.text)))
-            mails[carriers[0]] = Mail(first.kind, first.to, note, body.text)
-        else:
-            mails.append(Mail(MailKind.RELAY, Audience.PARTICIPANTS, relay_text=body.text))
-    events = decision.events
+    mails, events = decision.mails, decision.events
     if internal:
         notes = [c.argument for c in body.commands if c.name == "note"]
         events += (("note", {"by": msg.sender, "text": "\n".join(filter(None, [*notes, body.text]))}),)
     elif body.text:
-        events += (("relayed", {"by": msg.sender}),)
+        mails = _tell_participants(mails, body.text)
+        if not any(type_ == "relayed" for type_, _ in events):
+            events += (("relayed", {"by": msg.sender}),)
     return Decision(Outcome.STAFF_REPLY, case=case, store_as=MailKind.STAFF,
                     transitions=transitions, assign=decision.assign,
-                    mails=tuple(mails), events=events)
+                    mails=mails, events=events)
+
+
+def _tell_participants(mails: tuple[Mail, ...], text: str) -> tuple[Mail, ...]:
+    """Staff's words reach the participants in the first mail the change sends them (its
+    templates print ``note``: the command's own text, then these words), or, when the
+    change sends them none (``in_progress``, no change at all), as a plain relay."""
+    for index, mail in enumerate(mails):
+        if mail.to is Audience.PARTICIPANTS:
+            said = replace(mail, note="\n\n".join(filter(None, (mail.note, text))),
+                           relay_text="\n\n".join(filter(None, (mail.relay_text, text))))
+            return (*mails[:index], said, *mails[index + 1:])
+    return (*mails, Mail(MailKind.RELAY, Audience.PARTICIPANTS, note=text, relay_text=text))
 
 
 def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy,
@@ -349,8 +352,13 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
         return Decision(Outcome.REJECTED, case=case, reasons=tuple(errors),
                         mails=(Mail(MailKind.COMMAND_ERROR, Audience.SENDER, errors=tuple(errors)),),
                         events=(("command_rejected", {"errors": errors, "by": actor}),))
-    notes = [n for c in commands for t, n in [_target(c, category.lifecycle)] if t and n]
-    mails = tuple(m for step in transitions for m in _mails_of(step, "\n".join(notes)))
+    note = "\n".join(n for c in commands for t, n in [_target(c, category.lifecycle)] if t and n)
+    mails = tuple(m for step in transitions for m in _mails_of(step, note))
+    if note and not any(m.to is Audience.PARTICIPANTS for m in mails):
+        # A status change that carries a note tells the participants, even when the
+        # status itself sends nothing (#status in_progress We are on it).
+        mails = _tell_participants(mails, note)
+        events.append(("relayed", {"by": actor}))
     return Decision(Outcome.STAFF_REPLY, case=case, transitions=tuple(transitions),
                     assign=assign, mails=mails, events=tuple(events))
 

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 
 _TAG = re.compile(r"\[([A-Z]{1,6}-\d{6,})\]")
 # Reply and forward prefixes of the mail clients people use, in many languages,
@@ -22,6 +23,21 @@ def format_ref(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}"
 
 
+_TYPED_REF = re.compile(r"^\s*(?:(?P<prefix>[A-Za-z]{1,6})\s*-?\s*)?(?P<number>\d{1,9})\s*$")
+
+
+def ref_candidates(typed: str, prefixes: Iterable[str]) -> tuple[str, ...]:
+    """The references an admin may mean: ``cc-42`` and ``CC-000042`` mean ``CC-000042``;
+    a bare ``42`` means 42 of every prefix (the caller keeps those that exist)."""
+    m = _TYPED_REF.match(typed)
+    if m is None:
+        return ()
+    number = int(m["number"])
+    if m["prefix"]:
+        return (format_ref(m["prefix"].upper(), number),)
+    return tuple(format_ref(prefix, number) for prefix in dict.fromkeys(prefixes))
+
+
 def subject_tags(subject: str) -> tuple[str, ...]:
     """Every reference tag in a subject, first one first."""
     return tuple(dict.fromkeys(_TAG.findall(subject)))
@@ -35,6 +51,12 @@ def tagged_subject(ref: str, subject: str) -> str:
 def strip_prefixes(subject: str) -> str:
     """``"AW: RE[2]: [CC-000042] Printer"`` -> ``"Printer"``."""
     return _PREFIX.sub("", " ".join(subject.split())).strip()
+
+
+def untagged_subject(subject: str) -> str:
+    """A new case's subject made from a reply: ``"Re: [CC-000001] Printer"`` -> ``"Printer"``.
+    The old tag would otherwise stand in the new case's list row and in all its mail."""
+    return " ".join(_TAG.sub(" ", strip_prefixes(subject)).split())
 
 
 def normalise_subject(subject: str) -> str:

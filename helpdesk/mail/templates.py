@@ -25,76 +25,21 @@ bodies) is always escaped there. Never mark such values ``|safe``; only
 Optional values are ``None`` (or ``""`` / ``[]``) and templates guard them with
 ``{% if ... %}``; ``None`` printed directly renders as an empty string.
 
-Context variables (every template receives all of them; mappings or objects with
-attributes both work). ``templates/README.md`` shows the same table; both are
-made from ``CONTEXT``:
-
-| variable | meaning |
-| --- | --- |
-| `helpdesk.name` | the helpdesk's display name (config `helpdesk.name`) |
-| `helpdesk.address` | its main support address |
-| `case.ref` | the case's reference, e.g. `CC-000042` |
-| `case.subject` | the case's subject (customer-supplied) |
-| `case.status` | machine name of the current status, e.g. `waiting` |
-| `case.status_label` | its label, e.g. `Partner's feedback required` |
-| `case.category` | machine name of the category, e.g. `customer_care` |
-| `case.category_label` | its label, e.g. `Customer Care` |
-| `case.requester` | the requester's address |
-| `case.requester_name` | the requester's display name (`""` when unknown) |
-| `case.created_at` | when the case was opened (aware `datetime`, UTC) |
-| `case.participants` | list of participant addresses, the requester included |
-| `case.linked_refs` | list of references of linked cases |
-| `message` | the mail this one answers or was triggered by, or `None` |
-| `message.sender` | its sender's address |
-| `message.sender_name` | its sender's display name (`""` when unknown) |
-| `message.subject` | its subject (customer-supplied) |
-| `message.text` | its plain-text body (customer-supplied) |
-| `message.date` | its date (`datetime`, or `None`) |
-| `description` | the text of the case's first message (customer-supplied) |
-| `note` | staff note, resolution, not-completed reason or error text; `""` when none |
-| `reminder` | for `reminder`: `number` (1-based), `total`, `closes_at`; else `None` |
-| `reopen_days` | days the customer has to reply to reopen a resolved case |
-| `old_case` | `{ref, subject}` of the closed case whose reply opened this one, or `None` |
-| `existing_case` | for `duplicate`: `{ref, subject, status_label}` of the request under way (the same as `case`), else `None` |
-| `output` | for `credentials`: the activation hook's stdout; `""` otherwise |
-| `relay` | for `relay`: the staff answer relayed, else `None` |
-| `relay.author` | its author's address |
-| `relay.author_name` | its author's display name (`""` when unknown) |
-| `relay.text` | its plain text |
-| `relay.html_safe` | its HTML, already sanitised with nh3 (may be marked safe), or `""` |
-| `errors` | for `command_error`: list of error strings; `[]` otherwise |
-| `now` | the time of rendering (aware `datetime`, UTC) |
-
-``case`` is ``None`` only for ``too_large`` about a mail that opened no case.
-
-Filters (both environments): ``datetime`` (``2026-11-21 14:03 UTC``; an optional
-``strftime`` format), ``date`` (``2026-11-21``), ``quote`` (prefixes every line with
-``> ``), ``wrap`` (re-wraps prose paragraphs at 72 columns); HTML only: ``nl2br``
-(escapes, then turns line breaks into ``<br>``).
+The variables every template gets are listed in ``helpdesk.mail.context.CONTEXT``
+and, for admins, in templates/README.md; the filters are in ``helpdesk.mail.filters``.
 """
 from __future__ import annotations
 
 import re
-import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup, escape
 
-__all__ = [
-    "BUILTIN_TEMPLATES",
-    "CONTEXT",
-    "KINDS",
-    "RenderedBody",
-    "TemplateError",
-    "TemplateRenderer",
-    "build_context",
-    "sample_context",
-]
+from helpdesk.mail.context import sample_context
+from helpdesk.mail.filters import format_date, format_datetime, nl2br, quote, wrap
 
 BUILTIN_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -107,49 +52,7 @@ KINDS: tuple[str, ...] = (
 PARTS: tuple[str, ...] = ("txt", "html")
 DEFAULT_DIR = "default"
 
-# Every context variable a template receives, with its meaning (see the module
-# docstring and templates/README.md, which show the same table).
-CONTEXT: dict[str, str] = {
-    "helpdesk.name": "the helpdesk's display name (config `helpdesk.name`)",
-    "helpdesk.address": "its main support address",
-    "case.ref": "the case's reference, e.g. `CC-000042`",
-    "case.subject": "the case's subject (customer-supplied)",
-    "case.status": "machine name of the current status, e.g. `waiting`",
-    "case.status_label": "its label, e.g. `Partner's feedback required`",
-    "case.category": "machine name of the category, e.g. `customer_care`",
-    "case.category_label": "its label, e.g. `Customer Care`",
-    "case.requester": "the requester's address",
-    "case.requester_name": "the requester's display name (`\"\"` when unknown)",
-    "case.created_at": "when the case was opened (aware `datetime`, UTC)",
-    "case.participants": "list of participant addresses, the requester included",
-    "case.linked_refs": "list of references of linked cases",
-    "message": "the mail this one answers or was triggered by, or `None`",
-    "message.sender": "its sender's address",
-    "message.sender_name": "its sender's display name (`\"\"` when unknown)",
-    "message.subject": "its subject (customer-supplied)",
-    "message.text": "its plain-text body (customer-supplied)",
-    "message.date": "its date (`datetime`, or `None`)",
-    "description": "the text of the case's first message (customer-supplied)",
-    "note": "staff note, resolution, not-completed reason or error text; `\"\"` when none",
-    "reminder": "for `reminder`: `number` (1-based), `total`, `closes_at`; else `None`",
-    "reopen_days": "days the customer has to reply to reopen a resolved case",
-    "old_case": "`{ref, subject}` of the closed case whose reply opened this one, or `None`",
-    "existing_case": (
-        "for `duplicate`: `{ref, subject, status_label}` of the request under way (the same as "
-        "`case`), else `None`"
-    ),
-    "output": "for `credentials`: the activation hook's stdout; `\"\"` otherwise",
-    "relay": "for `relay`: the staff answer relayed, else `None`",
-    "relay.author": "its author's address",
-    "relay.author_name": "its author's display name (`\"\"` when unknown)",
-    "relay.text": "its plain text",
-    "relay.html_safe": "its HTML, already sanitised with nh3 (may be marked safe), or `\"\"`",
-    "errors": "for `command_error`: list of error strings; `[]` otherwise",
-    "now": "the time of rendering (aware `datetime`, UTC)",
-}
-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_WRAP_WIDTH = 72
 
 
 class TemplateError(jinja2.TemplateError):
@@ -169,101 +72,6 @@ class TemplateError(jinja2.TemplateError):
 class RenderedBody:
     text: str
     html: str
-
-
-# --------------------------------------------------------------------------- filters
-
-
-def _as_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def format_datetime(value: Any, fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
-    """``2026-11-21 14:03 UTC``; naive datetimes are taken as UTC; ``None`` → ``""``."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return _as_utc(value).strftime(fmt)
-    if isinstance(value, date):
-        return value.strftime(fmt.replace(" %H:%M", "").replace(" UTC", ""))
-    return str(value)
-
-
-def format_date(value: Any) -> str:
-    """``2026-11-21`` (UTC); ``None`` → ``""``."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return _as_utc(value).strftime("%Y-%m-%d")
-    if isinstance(value, date):
-        return value.strftime("%Y-%m-%d")
-    return str(value)
-
-
-def _lines(value: Any) -> list[str]:
-    text = "" if value is None else str(value)
-    text = text.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
-    return [line.rstrip() for line in text.split("\n")] if text else []
-
-
-def quote(value: Any, prefix: str = "> ") -> str:
-    """Prefix every line with ``> `` (blank lines get a bare ``>``), as mail clients quote."""
-    bare = prefix.rstrip()
-    return "\n".join(prefix + line if line else bare for line in _lines(value))
-
-
-def wrap(value: Any, width: int = _WRAP_WIDTH) -> str:
-    """Re-wrap prose at ``width`` columns.
-
-    Paragraphs are separated by blank lines; the lines of a paragraph are joined and
-    filled again. A line starting with ``- `` or ``* `` begins a list item (continued
-    with a hanging indent). Words are never broken (long addresses stay whole). The
-    result ends with a newline, for use as ``{% filter wrap %}...{% endfilter %}``.
-    """
-    out: list[str] = []
-    para: list[str] = []
-    bullet = ""
-
-    def flush() -> None:
-        nonlocal para, bullet
-        if para:
-            words = " ".join(" ".join(para).split())
-            out.extend(textwrap.wrap(
-                words, width=width, initial_indent=bullet,
-                subsequent_indent=" " * len(bullet), break_long_words=False,
-                break_on_hyphens=False,
-            ) or [""])
-        para, bullet = [], ""
-
-    lines = _lines(value)
-    for line in lines:
-        stripped = line.strip()
-        if not stripped:
-            flush()
-            if out and out[-1] != "":
-                out.append("")
-            continue
-        if stripped[:2] in ("- ", "* "):
-            flush()
-            bullet = stripped[:2]
-            para.append(stripped[2:].strip())
-        else:
-            para.append(stripped)
-    flush()
-    while out and out[-1] == "":
-        out.pop()
-    # a block filter: end with a newline so that what follows starts a new line
-    return "\n".join(out) + "\n" if out else ""
-
-
-def nl2br(value: Any) -> Markup:
-    """Escape ``value``, then turn its line breaks into ``<br>`` (HTML only)."""
-    lines = "\n".join(_lines(value))
-    if not lines:
-        return Markup("")
-    return Markup("<br>\n").join(escape(line) for line in lines.split("\n"))
 
 
 def _finalize(value: Any) -> Any:
@@ -499,161 +307,3 @@ def _tidy(text: str) -> str:
     text = text.replace("\r\n", "\n")
     text = _BLANKS.sub("\n\n", text)
     return text.strip("\n") + "\n"
-
-
-# --------------------------------------------------------------------------- contexts
-
-
-def build_context(
-    *,
-    helpdesk: Any,
-    case: Any,
-    message: Any = None,
-    description: str = "",
-    note: str = "",
-    reminder: Any = None,
-    reopen_days: int = 7,
-    old_case: Any = None,
-    existing_case: Any = None,
-    output: str = "",
-    relay: Any = None,
-    errors: Iterable[str] = (),
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """A complete template context; every optional value defaults to "none"."""
-    return {
-        "helpdesk": helpdesk,
-        "case": case,
-        "message": message,
-        "description": description or "",
-        "note": note or "",
-        "reminder": reminder,
-        "reopen_days": reopen_days,
-        "old_case": old_case,
-        "existing_case": existing_case,
-        "output": output or "",
-        "relay": relay,
-        "errors": list(errors),
-        "now": now or datetime.now(timezone.utc),
-    }
-
-
-_SAMPLE_CATEGORIES = {
-    "customer_care": ("Customer Care", "CC"),
-    "billing": ("Billing", "BL"),
-    "connections": ("Connections", "CN"),
-}
-_CUSTOMER_CARE_STATUSES = {
-    "open": "Open", "in_progress": "In progress", "waiting": "Partner's feedback required",
-    "resolved": "Resolved", "closed": "Closed",
-}
-_CONNECTIONS_STATUSES = {
-    "in_progress": "In progress", "pending_seller": "Pending seller's feedback",
-    "delivered": "Delivered", "not_completed": "Not completed",
-}
-# the status a case usually has when a mail of each kind goes out
-_SAMPLE_STATUS = {
-    # kind: (customer_care lifecycle, connections lifecycle)
-    "ack": ("open", "in_progress"),
-    "relay": ("in_progress", "in_progress"),
-    "reminder": ("waiting", "pending_seller"),
-    "closure": ("closed", "not_completed"),
-    "solution": ("resolved", "delivered"),
-    "reopened": ("in_progress", "in_progress"),
-    "closed_notice": ("closed", "not_completed"),
-    "status": ("waiting", "pending_seller"),
-    "command_error": ("in_progress", "in_progress"),
-    "credentials": ("delivered", "delivered"),
-    "manual_review": ("in_progress", "in_progress"),
-    "duplicate": ("in_progress", "in_progress"),
-    "not_completed": ("not_completed", "not_completed"),
-    "too_large": ("open", "in_progress"),
-    "staff_notice": ("in_progress", "in_progress"),
-}
-_SAMPLE_WITH_MESSAGE = {"ack", "relay", "reopened", "command_error", "duplicate", "too_large",
-                        "staff_notice", "status"}
-
-
-def sample_context(
-    kind: str, category: str = "customer_care", *, full: bool = False
-) -> dict[str, Any]:
-    """A made-up but realistic context for previews and ``check-config``.
-
-    With ``full=False`` only the values a mail of ``kind`` usually gets are set and
-    the optional rest is ``None`` / ``""`` / ``[]``; with ``full=True`` every
-    optional value is set, so both branches of every ``{% if %}`` get exercised.
-    """
-    kind = str(kind)
-    label, prefix = _SAMPLE_CATEGORIES.get(category, (category.replace("_", " ").title(), "XX"))
-    connections = category == "connections"
-    statuses = _CONNECTIONS_STATUSES if connections else _CUSTOMER_CARE_STATUSES
-    status = _SAMPLE_STATUS.get(kind, ("in_progress", "in_progress"))[1 if connections else 0]
-    status_label = statuses.get(status, status.replace("_", " ").capitalize())
-
-    now = datetime(2026, 11, 21, 14, 3, tzinfo=timezone.utc)
-    created = now - timedelta(days=4, hours=2)
-    ref = f"{prefix}-000042"
-    subject = ("New connection: Example Hotels (seller) for Example Travel (buyer)"
-               if connections else "Booking flow error on the availability call")
-    description = (
-        "Hello,\n\nsince this morning every availability request for\n"
-        "hotel 12345 answers with error 500.\n\nRequest: <Availability hotel=\"12345\"/>\n\n"
-        "Thanks,\nAna"
-    )
-    helpdesk = {"name": "Example Support", "address": "support@example.com"}
-    case = {
-        "ref": ref, "subject": subject, "status": status, "status_label": status_label,
-        "category": category, "category_label": label,
-        "requester": "ana@customer.example", "requester_name": "Ana García",
-        "created_at": created,
-        "participants": ["ana@customer.example", "bo@partner.example"],
-        "linked_refs": [f"{prefix}-000017"] if full else [],
-    }
-    message = {
-        "sender": "ana@customer.example", "sender_name": "Ana García",
-        "subject": f"Re: [{ref}] {subject}",
-        "text": "Hi,\n\nhere is the log you asked for:\n<error code=\"500\"/>\n\nAna",
-        "date": now - timedelta(minutes=5),
-    }
-    ctx = build_context(
-        helpdesk=helpdesk,
-        case=case,
-        message=message if (full or kind in _SAMPLE_WITH_MESSAGE) else None,
-        description=description,
-        now=now,
-        reopen_days=7,
-    )
-    if full or kind in ("solution", "not_completed", "closed_notice", "status", "manual_review",
-                        "staff_notice"):
-        ctx["note"] = {
-            "solution": "The availability cache was rebuilt;\nrequests answer normally again.",
-            "not_completed": "The request was cancelled by the partner.",
-            "manual_review": "Activation hook exited with status 3 after 12s:\n"
-                             "search test failed: no availability returned",
-            "staff_notice": "A participant replied to a case that waits on the customer.",
-        }.get(kind, "We are waiting for the seller's test credentials.")
-    if full or kind == "reminder":
-        # the case entered `waiting` 3 days ago: first of two reminders, closes in 4 days
-        ctx["reminder"] = {"number": 1, "total": 2, "closes_at": now + timedelta(days=4)}
-    if full:
-        ctx["old_case"] = {"ref": f"{prefix}-000017", "subject": "Availability errors"}
-    if full or kind == "duplicate":
-        ctx["existing_case"] = {"ref": f"{prefix}-000040", "subject": subject,
-                                "status_label": statuses.get("in_progress", "In progress")}
-    if full or kind == "credentials":
-        ctx["output"] = ("Endpoint: https://api.example.com/v1\nUser:     example_travel\n"
-                         "Password: s3cr3t & <ok>")
-    if full or kind == "relay":
-        ctx["relay"] = {
-            "author": "agent@example.com", "author_name": "Sam Agent",
-            "text": "Hello Ana,\n\nthanks for the log. Could you send us the request\n"
-                    "headers as well?\n\nSam",
-            "html_safe": "<p>Hello Ana,</p><p>thanks for the log. Could you send us the "
-                         "request <b>headers</b> as well?</p><p>Sam</p>" if full else "",
-        }
-    if full or kind == "command_error":
-        ctx["errors"] = ["#status: unknown status 'wating' (one of: "
-                         + ", ".join(statuses) + ")", "#assign: not an address: 'sam'"]
-    if kind == "too_large" and not full:
-        ctx["case"] = None
-    return ctx

@@ -14,16 +14,37 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select
 from sqlalchemy.orm import Session
 
-from helpdesk.core.model import MailKind
+from helpdesk.core.model import Direction, MailKind
 from helpdesk.store.orm import AutoMail, Base, Message, Participant
 
-# Mail only staff got, and machine mail, is nobody's parent: a customer's client could
-# not find it (In-Reply-To would name a mail the customer never saw).
-NOT_A_PARENT = tuple(str(k) for k in (MailKind.STAFF_NOTICE, MailKind.MANUAL_REVIEW,
-                                      MailKind.COMMAND_ERROR, MailKind.MACHINE))
+# A case's mail threads on what its participants have: what they sent us, and what we
+# sent them. Never on a staff member's own mail or a mail only staff got (In-Reply-To
+# would name a mail the customer never saw, and their client could not thread it), nor
+# on machine mail. Inbound kinds are listed by what they are, outbound ones by what they
+# are not, so a new kind of outgoing mail threads by default and a new kind of internal
+# inbound mail never does.
+PARTICIPANTS_SENT = (str(MailKind.NEW), str(MailKind.REPLY))
+STAFF_ONLY = (str(MailKind.STAFF_NOTICE), str(MailKind.MANUAL_REVIEW),
+              str(MailKind.COMMAND_ERROR))
+_PSEUDO_ID = "sha256:"  # the key of a mail that had no Message-ID: nothing to refer to
+
+
+def _participants_have(direction: str, kind: str, message_id: str) -> bool:
+    """Whether the participants received or sent this mail (``_PARTICIPANTS_HAVE`` in SQL)."""
+    if message_id.startswith(_PSEUDO_ID):
+        return False
+    if direction == str(Direction.IN):
+        return kind in PARTICIPANTS_SENT
+    return kind not in STAFF_ONLY
+
+
+_PARTICIPANTS_HAVE: ColumnElement[bool] = and_(
+    not_(Message.message_id.startswith(_PSEUDO_ID)),
+    or_(and_(Message.direction == str(Direction.IN), Message.kind.in_(PARTICIPANTS_SENT)),
+        and_(Message.direction == str(Direction.OUT), Message.kind.not_in(STAFF_ONLY))))
 
 
 class Facts:
@@ -47,12 +68,11 @@ class Facts:
             AutoMail.address == address, AutoMail.at > since)) or 0
 
     def thread(self, case_id: int) -> tuple[str | None, str | None]:
-        """The first and the latest Message-ID of a case: the root and the parent."""
-        first = self.session.scalar(select(Message.message_id).where(Message.case_id == case_id)
-                                    .order_by(Message.id).limit(1))
-        last = self.session.scalar(select(Message.message_id).where(
-            Message.case_id == case_id, Message.kind.not_in(NOT_A_PARENT))
-            .order_by(Message.id.desc()).limit(1))
+        """The first and the latest Message-ID of a case that its participants have:
+        the root and the parent of the next mail to them."""
+        seen = select(Message.message_id).where(Message.case_id == case_id, _PARTICIPANTS_HAVE)
+        first = self.session.scalar(seen.order_by(Message.id).limit(1))
+        last = self.session.scalar(seen.order_by(Message.id.desc()).limit(1))
         return first, last
 
     def add(self, model: type[Base], **values: Any) -> None:
@@ -90,15 +110,11 @@ class ChunkFacts(Facts):
                 select(AutoMail.address, func.count()).where(
                     AutoMail.address.in_(addresses), AutoMail.at > since)
                 .group_by(AutoMail.address)).all())
-        self._first = dict(session.execute(
-            select(Message.case_id, Message.message_id).where(Message.id.in_(
-                select(func.min(Message.id)).where(Message.case_id.in_(ids))
-                .group_by(Message.case_id)))).all())
-        self._last = dict(session.execute(
-            select(Message.case_id, Message.message_id).where(Message.id.in_(
-                select(func.max(Message.id)).where(Message.case_id.in_(ids),
-                                                   Message.kind.not_in(NOT_A_PARENT))
-                .group_by(Message.case_id)))).all())
+        self._first, self._last = ({
+            case_id: message_id for case_id, message_id in session.execute(
+                select(Message.case_id, Message.message_id).where(Message.id.in_(
+                    select(end(Message.id)).where(Message.case_id.in_(ids), _PARTICIPANTS_HAVE)
+                    .group_by(Message.case_id))))} for end in (func.min, func.max))
 
     def participants(self, case_id: int) -> list[str]:
         return list(self._participants[case_id])
@@ -127,10 +143,10 @@ class ChunkFacts(Facts):
             for by_address in self._by_address.values():
                 if values["address"] in by_address:
                     by_address[values["address"]] += 1
-        elif model is Message:
+        elif model is Message and _participants_have(values["direction"], values["kind"],
+                                                    values["message_id"]):
             self._first.setdefault(values["case_id"], values["message_id"])
-            if values["kind"] not in NOT_A_PARENT:
-                self._last[values["case_id"]] = values["message_id"]
+            self._last[values["case_id"]] = values["message_id"]
 
     def write(self) -> None:
         """Insert the held rows, one statement per table."""

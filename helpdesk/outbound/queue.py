@@ -19,7 +19,7 @@ from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_address, tagged_subject
 from helpdesk.mail import compose
-from helpdesk.mail.templates import build_context
+from helpdesk.mail.context import build_context
 from helpdesk.outbound.facts import Facts
 from helpdesk.outbound.render import render_mail, render_spec
 from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox
@@ -71,7 +71,11 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     category = settings.categories[case.category]
     from_address = category.addresses[0].lower()
     first, last = facts.thread(case.id)
-    parent = extras.message.message_id if extras.message and extras.message.message_id else last
+    # Participants' mail threads on the latest mail of the case they have (the mail that
+    # caused this one is stored by now when it is theirs); a mail to one person answers
+    # what that person wrote.
+    answered = extras.message.message_id if extras.message else ""
+    parent = last if mail.to is Audience.PARTICIPANTS or not answered else answered
     envelope = compose.Envelope(
         from_address=from_address,
         from_name=f"{settings.helpdesk.name} ({category.label})",
@@ -89,7 +93,8 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     )
     outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": from_address,
               "recipients": list(recipients), "message_id": envelope.message_id, "raw": None,
-              "render": render_spec(envelope, mail, extras.message, _values(mail, extras)),
+              "render": render_spec(envelope, mail, extras.message,
+                                    _values(mail, extras, settings.helpdesk.show_agent_address)),
               "status": "queued", "attempts": 0, "next_attempt_at": now, "created_at": now}
     body = None
     if render_now:
@@ -168,12 +173,16 @@ def _span(window: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _values(mail: Mail, extras: Extras) -> dict[str, Any]:
+def _values(mail: Mail, extras: Extras, show_agent_address: bool) -> dict[str, Any]:
     """The template values of ``extras`` that the case will not hold at render time."""
     relay = None
-    if mail.relay_text:
-        author, name = extras.author or ("", "")
-        relay = {"author": author, "author_name": name, "text": mail.relay_text,
+    if mail.relay_text and extras.author:
+        address, name = extras.author
+        # A staff member's address is theirs, not the customer's to keep: the mail
+        # names them, and only an admin who wants replies to reach them directly
+        # shows it (templates cannot leak what they are not given).
+        relay = {"author": address if show_agent_address else "", "author_name": name,
+                 "text": mail.relay_text,
                  "html_safe": ""}  # relays are our own rendering of the staff text
     return {"relay": relay, "reminder": extras.reminder, "output": extras.output,
             "old_case_id": extras.old_case.id if extras.old_case else None,

@@ -26,7 +26,7 @@ from helpdesk.core.decide import Mail
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.model import Direction, InboundMessage
 from helpdesk.mail import compose
-from helpdesk.mail.templates import build_context
+from helpdesk.mail.context import build_context
 from helpdesk.store import cases
 from helpdesk.store.orm import Case, Message, Outbox, Participant
 

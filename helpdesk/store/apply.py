@@ -57,7 +57,7 @@ def apply_decision(session: Session, app: App, decision: Decision, msg: InboundM
         _event(session, case, now, type_, dict(detail))
     if decision.bounce is not None:
         _mark_undeliverable(session, case, decision, now)
-    extras = _extras(session, decision, msg, actor)
+    extras = _extras(session, decision, msg)
     for mail in decision.mails:
         queue_mail(session, app, case, mail, now,
                    extras if mail.kind is not MailKind.DUPLICATE else
@@ -165,14 +165,15 @@ def _mark_undeliverable(session: Session, case: Case, decision: Decision, now: d
                        {"address": recipient.address, "status": recipient.status})
 
 
-def _extras(session: Session, decision: Decision, msg: InboundMessage | None, actor: str) -> Extras:
+def _extras(session: Session, decision: Decision, msg: InboundMessage | None) -> Extras:
     old = None
     new = decision.new_case
     if new is not None and new.linked_to is not None and new.link_reason == "reopened":
         old = session.get(Case, new.linked_to.id)  # a stranger's new case never sees the old one
     # Relays go out as our own HTML rendering of the staff text: the staff member's
-    # HTML would carry the #command lines and the quoted thread along.
-    author = (msg.sender, msg.sender_name) if msg is not None else (actor, "")
+    # HTML would carry the #command lines and the quoted thread along. A note given on
+    # the command line has no author: the helpdesk says it.
+    author = (msg.sender, msg.sender_name) if msg is not None else None
     return Extras(message=msg, old_case=old, author=author)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 import pytest
 
 from helpdesk.core.classify import HygienePolicy
+from helpdesk.core.commands import Command
 from helpdesk.core.decide import (
     Audience,
     CategoryPolicy,
     Context,
     Outcome,
     Policy,
+    apply_commands,
     decide,
     duplicate_key,
     route,
@@ -178,3 +180,38 @@ def test_duplicate_key_is_the_configured_code_or_the_normalised_subject():
     assert duplicate_key(mail(subject="AW: New  CONNECTION"), CN) == "new connection"
     assert duplicate_key(mail(text="Supplier code: HX42"), keyed) == "hx42"
     assert duplicate_key(mail(), CC) is None  # only connections requests are compared
+
+
+# -- issue 11: what the customer reads --------------------------------------------------------
+
+@pytest.mark.parametrize("subject", ["Re: [CC-000007] Printer", "AW: RE[2]: [CC-000007]  Printer",
+                                     "Printer [CC-000007]", "Fwd: Re: Printer"])
+def test_a_case_opened_by_a_reply_to_a_closed_one_drops_the_old_tag_and_prefixes(subject):
+    d = decide(mail(subject=subject), by_id(case("closed")), POLICY)
+    assert d.new_case.subject == "Printer" and d.new_case.linked_to.ref == "CC-000007"
+
+
+def test_a_fresh_case_keeps_its_subject_as_written():
+    assert decide(mail(subject="Re: lunch"), Context(), POLICY).new_case.subject == "Re: lunch"
+
+
+def participant_mails(decision) -> list[tuple[MailKind, str]]:
+    return [(m.kind, m.note) for m in decision.mails if m.to is Audience.PARTICIPANTS]
+
+
+@pytest.mark.parametrize(("status", "command"), [("waiting", "in_progress"),
+                                                 ("in_progress", "in_progress"),
+                                                 ("resolved", "in_progress")])
+def test_a_status_change_with_a_note_tells_the_participants_even_when_it_sends_nothing(
+        status, command):
+    d = apply_commands(case(status), (Command("status", f"{command} We are on it."),), POLICY,
+                       actor="cli")
+    assert participant_mails(d) == [(MailKind.RELAY, "We are on it.")]
+    assert ("relayed", {"by": "cli"}) in d.events
+    silent = apply_commands(case(status), (Command("status", command),), POLICY, actor="cli")
+    assert participant_mails(silent) == [] and not any(t == "relayed" for t, _ in silent.events)
+
+
+def test_a_note_rides_in_the_mail_the_status_sends_not_in_a_second_one():
+    d = apply_commands(case("open"), (Command("status", "waiting Which model is it?"),), POLICY)
+    assert participant_mails(d) == [(MailKind.STATUS, "Which model is it?")]

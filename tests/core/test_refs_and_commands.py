@@ -64,3 +64,37 @@ def test_unknown_commands_are_reported_and_plain_text_is_untouched():
     assert parse_commands("#frobnicate x\nHi").unknown == ("#frobnicate x",)
     plain = parse_commands("Hello #1 fan,\nthanks")
     assert plain.commands == () and plain.text == "Hello #1 fan,\nthanks"
+
+
+# -- what an admin types (issue 11) ------------------------------------------------------------
+
+def test_ref_candidates_read_short_and_bare_references():
+    from helpdesk.core.refs import ref_candidates
+
+    prefixes = ["CC", "CN", "BL"]
+    assert ref_candidates("CC-000042", prefixes) == ("CC-000042",)
+    assert ref_candidates(" cc-42 ", prefixes) == ("CC-000042",)
+    assert ref_candidates("cc42", prefixes) == ("CC-000042",)
+    assert ref_candidates("42", prefixes) == ("CC-000042", "CN-000042", "BL-000042")
+    assert ref_candidates("CC-1234567", prefixes) == ("CC-1234567",)
+    assert ref_candidates("printer", prefixes) == ()
+    assert ref_candidates("", prefixes) == ()
+
+
+def test_status_and_category_names_or_labels_in_any_case():
+    import pytest
+
+    from helpdesk.core.lifecycle import Lifecycle
+    from helpdesk.core.names import UnknownName, find_category, find_status
+
+    both = (Lifecycle.customer_care, Lifecycle.connections)
+    assert find_status("Partner's Feedback Required", both) == "waiting"
+    assert find_status("in progress", both) == "in_progress"
+    assert find_status("pending_seller", both) == "pending_seller"
+    with pytest.raises(UnknownName, match=r"unknown status 'pending_seller'; one of: open \(Open\)"):
+        find_status("pending_seller", (Lifecycle.customer_care,))
+    labels = {"customer_care": "Customer Care", "billing": "Billing"}
+    assert find_category("BILLING", labels) == "billing"
+    assert find_category(" customer care ", labels) == "customer_care"
+    with pytest.raises(UnknownName, match=r"one of: customer_care \(Customer Care\), billing"):
+        find_category("sales", labels)
