@@ -18,15 +18,18 @@ def cases_group() -> None:
 @click.option("--company", help="Only cases whose requester is of this domain.")
 @click.option("--sort", type=click.Choice(["created", "updated", "status"]), default="created",
               show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="At most N cases.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N cases.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def cases_list(ctx: click.Context, status_: str | None, category: str | None,
-               requester: str | None, company: str | None, sort: str, as_json: bool) -> None:
-    """List cases."""
+               requester: str | None, company: str | None, sort: str, limit: int | None,
+               offset: int, as_json: bool) -> None:
+    """List cases (a fixed number of queries, however many there are)."""
     from helpdesk.views import list_cases
     app = open_app(ctx)
     rows = list_cases(app, status=status_, category=category, requester=requester,
-                      company=company, sort=sort)
+                      company=company, sort=sort, limit=limit, offset=offset)
     if as_json:
         print_json(rows)
         return
