@@ -60,10 +60,12 @@ class Portal:
         """A session for reading a page (no transaction of its own to commit)."""
         return self.app.sessions()
 
-    def viewer(self, request: Request) -> Viewer | None:
-        with self.read() as session:
-            return signed_in(session, self.app, request.cookies.get(SESSION_COOKIE),
-                             self.app.clock.now())
+    def viewer(self, request: Request, session: Any = None) -> Viewer | None:
+        if session is None:
+            with self.read() as session:
+                return self.viewer(request, session)
+        return signed_in(session, self.app, request.cookies.get(SESSION_COOKIE),
+                         self.app.clock.now())
 
     def page(self, request: Request, name: str, status: int = 200,
              viewer: Viewer | None = None, **values: Any) -> HTMLResponse:
@@ -176,11 +178,11 @@ class Portal:
     # ------------------------------------------------------------------ pages
 
     def cases(self, request: Request) -> Response:
-        viewer = self.viewer(request)
-        if viewer is None:
-            return self.to_login(request)
-        params = pages.list_params(self.app, viewer, dict(request.query_params))
         with self.read() as session:
+            viewer = self.viewer(request, session)
+            if viewer is None:
+                return self.to_login(request)
+            params = pages.list_params(self.app, viewer, dict(request.query_params))
             listing = pages.case_list(session, self.app, viewer, params)
         return self.page(request, "cases.html", viewer=viewer, listing=listing,
                          statuses=pages.status_choices(self.app),
@@ -190,22 +192,24 @@ class Portal:
     def case(self, request: Request, error: str = "", status: int = 200) -> Response:
         ref = request.path_params["ref"].upper()
         token = request.query_params.get("t")
-        viewer = self.viewer(request)
-        if token:
-            if viewer is not None and (viewer.staff or viewer.only_case in (None, ref)):
-                with self.read() as session:
-                    if pages.case_page(session, self.app, viewer, ref) is not None:
-                        return RedirectResponse(f"/cases/{quote(ref)}", status_code=303)
-            with self.read() as session:
-                grant = tokens.peek(session, token, "case", self.app.clock.now(), ref)
-            return self.page(request, "link.html", 200 if grant else 410, viewer=None,
-                             action=f"/cases/{quote(ref)}", grant=grant, ref=ref, token=token)
-        if viewer is None:
-            return self.to_login(request)
         with self.read() as session:
-            found = pages.case_page(session, self.app, viewer, ref)
-        if found is None:
-            return self.not_found(request, viewer)
+            viewer = self.viewer(request, session)
+            found = pages.case_page(session, self.app, viewer, ref) if viewer else None
+            if token:  # a case link: a button that signs in, unless already signed in here
+                if found is not None and (viewer.staff or viewer.only_case in (None, ref)):
+                    return RedirectResponse(f"/cases/{quote(ref)}", status_code=303)
+                grant = tokens.peek(session, token, "case", self.app.clock.now(), ref)
+                return self.page(request, "link.html", 200 if grant else 410, viewer=None,
+                                 action=f"/cases/{quote(ref)}", grant=grant, ref=ref,
+                                 token=token)
+            if viewer is None:
+                return self.to_login(request)
+            if found is None:
+                return self.not_found(request, viewer)
+            return self._case_response(request, viewer, found, error, status)
+
+    def _case_response(self, request: Request, viewer: Viewer, found: pages.CasePage,
+                       error: str, status: int) -> Response:
         done = request.query_params.get("done", "")
         return self.page(request, "case.html", status, viewer=viewer, c=found, error=error,
                          done=done if done in _DONE else "", done_text=_DONE.get(done, ""),
