@@ -178,3 +178,16 @@ def test_duplicate_key_is_the_configured_code_or_the_normalised_subject():
     assert duplicate_key(mail(subject="AW: New  CONNECTION"), CN) == "new connection"
     assert duplicate_key(mail(text="Supplier code: HX42"), keyed) == "hx42"
     assert duplicate_key(mail(), CC) is None  # only connections requests are compared
+
+
+def test_cases_by_mail_answers_a_known_sender_and_ignores_a_stranger():
+    from helpdesk.core.decide import Context, Outcome, decide
+    from helpdesk.core.model import MailKind
+    msg = mail(subject="#cases")
+    known = decide(msg, Context(sender_known=True), POLICY)
+    assert known.outcome is Outcome.CASE_LIST and known.new_case is None
+    assert [(m.kind, m.to) for m in known.mails] == [(MailKind.CASE_LIST, Audience.SENDER)]
+    stranger = decide(msg, Context(), POLICY)
+    assert stranger.outcome is Outcome.IGNORED and stranger.mails == () and not stranger.new_case
+    auto = mail(subject="#cases", headers={"Auto-Submitted": "auto-replied"})
+    assert decide(auto, Context(sender_known=True), POLICY).outcome is Outcome.MACHINE

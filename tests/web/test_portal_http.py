@@ -386,3 +386,25 @@ def test_a_mail_replaying_a_web_replys_message_id_is_a_duplicate(portal, client_
                                     message_id=f"<{mid}>"))
     assert again.status == "duplicate"
     assert [m["text"] for m in portal.case(ref)["messages"]].count("Twice?\n") == 0
+
+
+def test_reminders_of_the_sweep_carry_each_participants_own_link(portal, client_factory):
+    from helpdesk.sweep import sweep
+    ref = open_case(portal, ANA, "Printer on fire", cc=[BO])
+    staff_mail(portal, ref, "#waiting\nWhich model?\n")
+    portal.mta.handler.clear()
+    portal.clock.advance(days=3, minutes=1)
+    assert sweep(portal.app, portal.clock.now()) == 1
+    deliver_all(portal.app)
+    reminders = {p: [m for m in portal.sent_to(p) if "reminder" in body_text(m)] for p in (ANA, BO)}
+    assert all(len(v) == 1 for v in reminders.values())
+    links = {p: CASE_LINK.search(body_text(v[0]))[1] for p, v in reminders.items()}
+    assert links[ANA] != links[BO]
+    stored = [m["text"] for m in portal.case(ref)["messages"] if m["kind"] == "reminder"]
+    assert len(stored) == 1 and "?t=" not in stored[0] and f"/cases/{ref}" in stored[0]
+    client = client_factory()
+    link = path_of(links[ANA])
+    page = client.get(link)
+    assert client.post(f"/cases/{ref}", data={"csrf": csrf_of(page.text),
+                                             "t": link.split("?t=")[1]}).status_code == 303
+    assert "Which model?" in client.get(f"/cases/{ref}").text
