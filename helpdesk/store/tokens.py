@@ -87,8 +87,11 @@ def redeem(session: Session, token: str, kind: str, now: datetime,
 
 def open_session(session: Session, address: str, case_id: int | None, now: datetime,
                  ttl: timedelta) -> str:
-    """A new signed-in session; returns the cookie value. Expired ones are swept here."""
+    """A new signed-in session; returns the cookie value. Expired sessions and links
+    are swept here (a sign-in is rare; every mail to a participant makes a link)."""
     session.execute(WebSession.__table__.delete().where(WebSession.expires_at <= now))
+    # An hour's grace: the 5-per-hour limit counts the login links of the last hour.
+    session.execute(WebToken.__table__.delete().where(WebToken.expires_at <= now - timedelta(hours=1)))
     cookie = new_token()
     session.add(WebSession(id_hash=digest(cookie), address=address.lower(), case_id=case_id,
                            created_at=now, expires_at=now + ttl))

@@ -408,3 +408,20 @@ def test_reminders_of_the_sweep_carry_each_participants_own_link(portal, client_
     assert client.post(f"/cases/{ref}", data={"csrf": csrf_of(page.text),
                                              "t": link.split("?t=")[1]}).status_code == 303
     assert "Which model?" in client.get(f"/cases/{ref}").text
+
+
+def test_signing_in_sweeps_expired_links_but_not_the_hours_rate_count(portal, client_factory):
+    open_case(portal, ANA, "Printer on fire")
+    client = client_factory()
+    for _ in range(4):
+        request_link(client, ANA)
+    portal.clock.advance(minutes=40)  # the four have expired, but are of this hour
+    sign_in(client, portal, ANA)  # the fifth
+    request_link(client, ANA)  # a sixth within the hour: refused
+    deliver_all(portal.app)
+    assert len(mails_to(portal, ANA, "sign-in link")) == 5
+    portal.clock.advance(days=31)
+    sign_in(client_factory(), portal, ANA)
+    with portal.app.sessions() as session:
+        left = session.scalars(select(WebToken.kind)).all()
+    assert left == ["login"]  # the old links and the case link of the ack are gone

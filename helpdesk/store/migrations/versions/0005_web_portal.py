@@ -34,6 +34,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('web_token', schema=None) as batch_op:
         batch_op.create_index('ix_web_token_address_at', ['address', 'created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_web_token_expires_at'), ['expires_at'], unique=False)
 
     op.create_table('web_session',
     sa.Column('id_hash', sa.String(length=64), nullable=False),
@@ -53,6 +54,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_web_session_expires_at'))
     op.drop_table('web_session')
     with op.batch_alter_table('web_token', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_web_token_expires_at'))
         batch_op.drop_index('ix_web_token_address_at')
     op.drop_table('web_token')
     with op.batch_alter_table('case', schema=None) as batch_op:
