@@ -15,12 +15,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Dovecot (IMAP) and PostgreSQL are real servers the tests start on loopback
-# ports. As root (CI, containers) they are installed with apt-get; otherwise we
-# only say what is missing: those tests then skip locally, and fail under CI=true.
+# ports; the portal's browser tests drive Debian's Chromium through its
+# chromedriver (never a browser download). As root (CI, containers) they are
+# installed with apt-get; otherwise we only say what is missing: those tests then
+# skip locally, and fail under CI=true.
 system-deps:
 	@missing=""; \
 	command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-imapd"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing ..."; \

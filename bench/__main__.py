@@ -27,7 +27,7 @@ README = HERE / "README.md"
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 SEED = 20261102
 FLAT = 1.25  # "flat": the largest size costs at most 25% more per item than the smallest
-NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep")
+NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep", "web")
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,18 @@ class Sizes:
     scaling_messages: int
     sweep: tuple[int, int]
     sweep_small: tuple[int, int]
+    web: tuple[int, ...]  # cases stored
+    web_requests: int  # per page
 
 
 FULL = Sizes(ingest=(1000, 10_000), profile=500, large=24_900_000, latency=100,
              scaling=(1000, 10_000, 100_000), scaling_messages=500,
-             sweep=(1_000_000, 1000), sweep_small=(10_000, 1000))
+             sweep=(1_000_000, 1000), sweep_small=(10_000, 1000),
+             web=(1000, 100_000), web_requests=100)
 QUICK = Sizes(ingest=(50, 100), profile=30, large=5_000_000, latency=8,
               scaling=(500, 2000), scaling_messages=40,
-              sweep=(20_000, 40), sweep_small=(1000, 40))
+              sweep=(20_000, 40), sweep_small=(1000, 40),
+              web=(200, 2000), web_requests=10)
 
 _T0 = time.monotonic()
 
@@ -112,6 +116,7 @@ def main() -> int:
     from bench import memory as memory_bench
     from bench import scaling as scaling_bench
     from bench import sweep as sweep_bench
+    from bench import web as web_bench
     from bench.profile import render
 
     shutil.rmtree(OUT, ignore_errors=True)
@@ -278,6 +283,25 @@ def main() -> int:
             total_s = profiled.profile["total"]
             for name, seconds in list(profiled.profile["kind"].items())[:6]:
                 table.add(f"sweep time: {name}", f"{seconds / total_s:.1%}")
+
+    if "web" in only:
+        small_n, big_n = sizes.web[0], sizes.web[-1]
+        table.section(f"web portal: server time per page, {sizes.web_requests} requests each")
+        note(f"web: {small_n} cases")
+        small_web = web_bench.measure(OUT / f"web-{small_n}", small_n, sizes.web_requests)
+        note(f"web: {big_n} cases")
+        big_web = web_bench.measure(OUT / f"web-{big_n}", big_n, sizes.web_requests)
+        results["web"] = {str(small_n): small_web.__dict__, str(big_n): big_web.__dict__}
+        for name in web_bench.PAGES:
+            p95 = big_web.p95_ms[name]
+            table.add(f"{name}, {fmt_n(big_n)} cases: p95",
+                      f"{p95:.1f} ms (median {big_web.median_ms[name]:.1f})", "< 100 ms",
+                      verdict(p95 < 100))
+        for name in web_bench.PAGES:
+            a, b = small_web.statements[name], big_web.statements[name]
+            table.add(f"SQL statements: {name}", f"{a} at {fmt_n(small_n)}, {b} at "
+                      f"{fmt_n(big_n)} cases", "constant", verdict(a == b))
+        table.add(f"bulk fill of {fmt_n(big_n)} cases", f"{big_web.fill_s:.1f} s")
 
     elapsed = time.monotonic() - _T0
     results["elapsed_s"] = elapsed

@@ -256,6 +256,11 @@ class WebSection(_Section):
     base_url: str | None = None  # what links in mail point to; default http://host:port
     company_domains: bool = True  # customers also see their colleagues' cases (same domain)
     public_domains: list[str] = PUBLIC_MAIL_DOMAINS  # never treated as one company
+    # A case's link in a participant's mail signs them in to that case; mail is read
+    # days later, and the resolved case's 7 days to reopen must fit in.
+    case_link_ttl: Duration = timedelta(days=30)
+    session_ttl: Duration = timedelta(days=7)  # a signed-in browser, from sign-in
+    page_size: int = Field(default=25, ge=5, le=200)  # cases per page
 
     @field_validator("public_domains")
     @classmethod
@@ -265,6 +270,11 @@ class WebSection(_Section):
     @property
     def effective_base_url(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def secure(self) -> bool:
+        """Served under https (behind a proxy): cookies get the Secure flag."""
+        return self.effective_base_url.lower().startswith("https://")
 
 
 class HygieneSection(_Section):

@@ -68,9 +68,7 @@ def run_scheduler(app: App, stop: threading.Event, wake_sender: threading.Event)
         stop.wait(min(1.0, max(0.2, scheduler.idle_seconds or 1.0)))
 
 
-def run_daemon(app: App) -> int:
-    stop, wake_sender = threading.Event(), threading.Event()
-
+def _stop_on_signals(stop: threading.Event, wake_sender: threading.Event) -> None:
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():
             log.warning("second signal: exiting now")
@@ -81,6 +79,38 @@ def run_daemon(app: App) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+def _start_web(app: App, wake_sender: threading.Event) -> object | None:
+    if app.settings.web is None:
+        return None
+    from helpdesk.web.server import WebServer
+    server = WebServer(app, wake_sender.set).start()
+    print(f"helpdesk web portal: {server.url}", flush=True)
+    return server
+
+
+def run_web_only(app: App) -> int:
+    """``helpdesk web``: the portal and the outbox sender (its sign-in mails must leave)."""
+    stop, wake_sender = threading.Event(), threading.Event()
+    _stop_on_signals(stop, wake_sender)
+    server = _start_web(app, wake_sender)
+    sender = threading.Thread(target=run_sender, args=(app, stop, wake_sender), name="sender",
+                              daemon=True)
+    sender.start()
+    try:
+        while not stop.is_set():
+            stop.wait(1.0)
+    finally:
+        server.stop()  # type: ignore[union-attr]
+        sender.join(timeout=10)
+    log.info("helpdesk web stopped")
+    return 0
+
+
+def run_daemon(app: App) -> int:
+    stop, wake_sender = threading.Event(), threading.Event()
+    _stop_on_signals(stop, wake_sender)
 
     threads = [threading.Thread(target=run_sender, args=(app, stop, wake_sender), name="sender"),
                threading.Thread(target=run_scheduler, args=(app, stop, wake_sender),
@@ -96,15 +126,19 @@ def run_daemon(app: App) -> int:
         from helpdesk.inbound.smtp_listener import start_listener
         conf = app.settings.inbound.smtp_listener
         listener = start_listener(app, conf.host, conf.port, on_stored=wake_sender.set)
+    web = _start_web(app, wake_sender)
     for thread in threads:
         thread.daemon = True
         thread.start()
-    log.info("helpdesk running (%d mailbox(es), SMTP listener %s)",
-             len(app.settings.inbound.imap), "on" if listener else "off")
+    log.info("helpdesk running (%d mailbox(es), SMTP listener %s, web portal %s)",
+             len(app.settings.inbound.imap), "on" if listener else "off",
+             "on" if web else "off")
     try:
         while not stop.is_set():
             stop.wait(1.0)
     finally:
+        if web is not None:
+            web.stop()  # type: ignore[attr-defined]
         if listener is not None:
             listener.stop()
         for thread in threads:

@@ -1,7 +1,8 @@
 """Turn the loaded settings into the plain policy values the pure core takes."""
 from __future__ import annotations
 
-from helpdesk.config import Settings
+from helpdesk.config import PUBLIC_MAIL_DOMAINS, Settings
+from helpdesk.core.access import Directory
 from helpdesk.core.classify import HygienePolicy
 from helpdesk.core.decide import CategoryPolicy, Policy
 from helpdesk.core.lifecycle import Lifecycle
@@ -38,3 +39,14 @@ def timer_policy(settings: Settings) -> TimerPolicy:
     t = settings.timers
     return TimerPolicy(reminders=tuple(t.reminders), close_after=t.close_after,
                        resolved_close_after=t.resolved_close_after)
+
+
+def access_directory(settings: Settings) -> Directory:
+    """Who is staff and which domains are companies, for the portal and `#cases`."""
+    web = settings.web
+    return Directory(
+        staff=StaffDirectory(frozenset(settings.staff)),
+        notify=frozenset(a.lower() for cat in settings.categories.values() for a in cat.notify),
+        company_domains=web.company_domains if web else True,
+        public_domains=frozenset(web.public_domains if web else PUBLIC_MAIL_DOMAINS),
+    )

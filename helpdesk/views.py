@@ -45,25 +45,42 @@ def _case_summary(session: Any, app: App, case: Case) -> dict[str, Any]:
     }
 
 
-_SORT = {"created": Case.created_at, "updated": Case.updated_at, "status": Case.status}
-
-
 def list_cases(app: App, *, status: str | None = None, category: str | None = None,
                requester: str | None = None, company: str | None = None,
-               sort: str = "created", descending: bool = False) -> list[dict[str, Any]]:
-    query = select(Case)
-    if status:
-        query = query.where(Case.status == status)
-    if category:
-        query = query.where(Case.category == category)
-    if requester:
-        query = query.where(Case.requester == requester.lower())
-    if company:
-        query = query.where(Case.requester_domain == company.lower().lstrip("@"))
-    key = _SORT[sort]
-    query = query.order_by(key.desc(), Case.id.desc()) if descending else query.order_by(key, Case.id)
+               sort: str = "created", descending: bool = False, limit: int | None = None,
+               offset: int = 0) -> list[dict[str, Any]]:
+    """The cases by ``sort``, in a fixed number of queries (store.listing)."""
+    from helpdesk.store.listing import CaseQuery
+    from helpdesk.store.listing import list_cases as listing
+    query = CaseQuery(status=status, category=category, requester=requester, company=company,
+                      sort=sort, order="desc" if descending else "asc", limit=limit,
+                      offset=offset)
     with app.sessions() as session:
-        return [_case_summary(session, app, c) for c in session.scalars(query)]
+        return [_row_summary(app, row) for row in listing(session, query, details=True).rows]
+
+
+def _row_summary(app: App, row: Any) -> dict[str, Any]:
+    from helpdesk.core import lifecycle
+    from helpdesk.core.lifecycle import Lifecycle
+    category = app.settings.categories.get(row.category)
+    return {
+        "ref": row.ref,
+        "category": row.category,
+        "category_label": category.label if category else row.category,
+        "status": row.status,
+        "status_label": lifecycle.label(Lifecycle(category.lifecycle), row.status)
+        if category else row.status,
+        "subject": row.subject,
+        "requester": row.requester,
+        "participants": row.participants,
+        "undeliverable": row.undeliverable,
+        "assignee": row.assignee,
+        "addresses": row.addresses,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+        "due_at": _iso(row.due_at),
+        "linked_refs": row.linked_refs,
+    }
 
 
 def resolve_ref(app: App, typed: str) -> str:

@@ -94,4 +94,4 @@ def main() -> None:
 
 
 # The command groups register themselves on ``cli`` when imported.
-from helpdesk.cli import admin, cases, failed, init, mail  # noqa: E402,F401
+from helpdesk.cli import admin, cases, failed, init, mail, web  # noqa: E402,F401

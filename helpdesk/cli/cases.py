@@ -24,19 +24,22 @@ def cases_group() -> None:
 @click.option("--sort", type=click.Choice(["created", "updated", "status"]), default="created",
               show_default=True)
 @click.option("--asc/--desc", "ascending", default=None,
-              help="Sort direction (default: newest first; by status: A to Z).")
+              help="Sort direction (default: newest first; by status: lifecycle order).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N cases.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N cases.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def cases_list(ctx: click.Context, status_: str | None, category: str | None,
                requester: str | None, company: str | None, sort: str, ascending: bool | None,
-               as_json: bool) -> None:
-    """List cases."""
+               limit: int | None, offset: int, as_json: bool) -> None:
+    """List cases (a fixed number of queries, however many there are)."""
     from helpdesk.views import list_cases
     app = open_app(ctx)
     category, status_ = _read_filters(app, category, status_)
     descending = sort != "status" if ascending is None else not ascending
     rows = list_cases(app, status=status_, category=category, requester=requester,
-                      company=company, sort=sort, descending=descending)
+                      company=company, sort=sort, descending=descending, limit=limit,
+                      offset=offset)
     if as_json:
         print_json(rows)
     elif not rows:

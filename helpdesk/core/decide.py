@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from helpdesk.core import lifecycle
+from helpdesk.core.access import asks_for_case_list
 from helpdesk.core.classify import HygienePolicy, machine_reasons
 from helpdesk.core.commands import Command, parse_commands, strip_quoted
 from helpdesk.core.lifecycle import Event, IllegalTransition, Lifecycle, Transition, Trigger
@@ -38,6 +39,7 @@ class Outcome(StrEnum):
     DUPLICATE_REQUEST = "duplicate_request"
     REJECTED = "rejected"
     IGNORED = "ignored"
+    CASE_LIST = "case_list"  # `#cases`: answered with the sender's open cases, no case opened
 
 
 class Audience(StrEnum):
@@ -80,6 +82,7 @@ class Context:
     bounced_case: CaseView | None = None  # the case whose outgoing mail this bounce is about
     open_duplicate: CaseView | None = None  # an open connection request with the same key
     sender_trust: SenderTrust = UNVERIFIED  # what the shell could verify of the sender
+    sender_known: bool = False  # the sender takes part in some case (looked up for `#cases`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,8 @@ def decide(msg: InboundMessage, context: Context, policy: Policy) -> Decision:
         return Decision(Outcome.MACHINE, reasons=reasons)
     if not requester_of(msg, policy):
         return Decision(Outcome.IGNORED, reasons=("no-sender: no usable From address",))
+    if asks_for_case_list(msg.subject, msg.text) and not policy.staff.is_staff(msg.sender):
+        return _case_list(context)
     if match is None:
         return _new_case(msg, context, policy, addresses)
     case = match.case
@@ -178,6 +183,15 @@ def decide(msg: InboundMessage, context: Context, policy: Policy) -> Decision:
     if match.by is MatchedBy.SUBJECT_TAG and not is_known_sender(case, msg.sender, policy.staff):
         return _stranger(msg, case, context, policy, addresses)
     return _participant_reply(msg, case, context, policy, addresses)
+
+
+def _case_list(context: Context) -> Decision:
+    """`#cases`: a known requester or participant gets the list and no case is opened.
+    A stranger gets nothing at all: an answer to a forged From would be backscatter,
+    and a case made of one word would only be noise for staff."""
+    if not context.sender_known:
+        return Decision(Outcome.IGNORED, reasons=("case-list: not a requester or participant",))
+    return Decision(Outcome.CASE_LIST, mails=(Mail(MailKind.CASE_LIST, Audience.SENDER),))
 
 
 def _bounce(msg: InboundMessage, context: Context) -> Decision:

@@ -111,3 +111,5 @@ class MailKind(StrEnum):
     NOT_COMPLETED = "not_completed"
     TOO_LARGE = "too_large"
     STAFF_NOTICE = "staff_notice"
+    LOGIN = "login"  # a sign-in link for the web portal, to the address that asked
+    CASE_LIST = "case_list"  # the answer to `#cases`: the sender's open cases

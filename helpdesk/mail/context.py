@@ -54,6 +54,23 @@ CONTEXT: dict[str, str] = {
     "relay.html_safe": "its HTML, already sanitised with nh3 (may be marked safe), or `\"\"`",
     "errors": "for `command_error`: list of error strings; `[]` otherwise",
     "now": "the time of rendering (aware `datetime`, UTC)",
+    "portal": "links to the web portal, or `None` when `web` is not configured",
+    "portal.case_url": (
+        "the case's page; in a participant's own copy it signs them in to this case (a button, "
+        "then the case), for `web.case_link_ttl`; `\"\"` without a case"),
+    "portal.login_url": "for `login`: the sign-in link (works once); else `\"\"`",
+    "portal.expires_at": (
+        "when the link in this mail stops working (aware `datetime`, UTC), or `None`"),
+    "portal.cases_url": "the overview of the recipient's cases",
+    "case_list": "for `case_list`: the sender's open cases; else `None`",
+    "case_list.mine": (
+        "list of `{ref, subject, status_label, category_label, updated_at, url}` they take "
+        "part in (`url` is `\"\"` without `web`)"),
+    "case_list.company": (
+        "the same for their company's other open cases (`[]` without `company_domains`, or "
+        "for a public mail domain)"),
+    "case_list.company_domain": "their company's domain, or `\"\"`",
+    "case_list.more": "how many open cases the lists leave out (the portal shows them all)",
 }
 
 
@@ -72,6 +89,8 @@ def build_context(
     relay: Any = None,
     errors: Iterable[str] = (),
     now: datetime | None = None,
+    portal: Any = None,
+    case_list: Any = None,
 ) -> dict[str, Any]:
     """A complete template context; every optional value defaults to "none"."""
     return {
@@ -88,6 +107,8 @@ def build_context(
         "relay": relay,
         "errors": list(errors),
         "now": now or datetime.now(timezone.utc),
+        "portal": portal,
+        "case_list": case_list,
     }
 
 
@@ -114,9 +135,11 @@ _SAMPLE_STATUS = {
     "not_completed": ("not_completed", "not_completed"),
     "too_large": ("open", "in_progress"),
     "staff_notice": ("in_progress", "in_progress"),
+    "login": ("open", "in_progress"),
+    "case_list": ("open", "in_progress"),
 }
 _SAMPLE_WITH_MESSAGE = {"ack", "relay", "reopened", "command_error", "duplicate", "too_large",
-                        "staff_notice", "status"}
+                        "staff_notice", "status", "case_list"}
 
 
 def sample_context(
@@ -199,6 +222,21 @@ def sample_context(
     if full or kind == "command_error":
         ctx["errors"] = ["#status: unknown status 'wating' (one of: "
                          + ", ".join(statuses) + ")", "#assign: not an address: 'sam'"]
-    if kind == "too_large" and not full:
+    base = "https://help.example.com"
+    if full or kind in ("login", "case_list"):
+        ctx["portal"] = {"case_url": f"{base}/cases/{ref}?t=Zm9vYmFyYmF6cXV4",
+                         "login_url": f"{base}/login/Zm9vYmFyYmF6cXV4" if kind == "login" else "",
+                         "expires_at": now + timedelta(minutes=15), "cases_url": f"{base}/cases"}
+    if full or kind == "case_list":
+        ctx["case_list"] = {
+            "mine": [{"ref": ref, "subject": subject, "status_label": status_label,
+                      "category_label": label, "updated_at": now - timedelta(hours=3),
+                      "url": f"{base}/cases/{ref}"}],
+            "company": [{"ref": f"{prefix}-000043", "subject": "Invoice 2026-11 is missing",
+                         "status_label": statuses.get("in_progress", "In progress"),
+                         "category_label": label, "updated_at": now - timedelta(days=1),
+                         "url": f"{base}/cases/{prefix}-000043"}],
+            "company_domain": "customer.example", "more": 0}
+    if kind in ("too_large", "login", "case_list") and not full:
         ctx["case"] = None
     return ctx

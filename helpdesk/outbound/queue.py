@@ -21,8 +21,9 @@ from helpdesk.core.refs import reply_address, tagged_subject
 from helpdesk.mail import compose
 from helpdesk.mail.context import build_context
 from helpdesk.outbound.facts import Facts
-from helpdesk.outbound.render import render_mail, render_spec
-from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox
+from helpdesk.outbound.render import case_copy, render_mail, render_spec
+from helpdesk.store import tokens
+from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox, WebToken
 
 log = logging.getLogger(__name__)
 
@@ -91,29 +92,57 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
         loop_value=settings.helpdesk.address.lower(),
         case_ref=case.ref,
     )
-    outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": from_address,
-              "recipients": list(recipients), "message_id": envelope.message_id, "raw": None,
-              "render": render_spec(envelope, mail, extras.message,
-                                    _values(mail, extras, settings.helpdesk.show_agent_address)),
-              "status": "queued", "attempts": 0, "next_attempt_at": now, "created_at": now}
+    values = _values(mail, extras, settings.helpdesk.show_agent_address)
     body = None
-    if render_now:
-        row = Outbox(**outbox)
-        body = render_mail(session, app, row)
-        row.raw = body.raw
-        session.add(row)
-    else:
-        facts.add(Outbox, **outbox)
+    for group, extra in _copies(app, case, mail, recipients, now, facts):
+        outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": from_address,
+                  "recipients": list(group), "message_id": envelope.message_id, "raw": None,
+                  "render": render_spec(envelope, mail, extras.message, {**values, **extra}),
+                  "status": "queued", "attempts": 0, "next_attempt_at": now, "created_at": now}
+        if render_now:
+            row = Outbox(**outbox)
+            rendered = render_mail(session, app, row)
+            row.raw = rendered.raw
+            session.add(row)
+            body = body or case_copy(rendered, row.render)
+        else:
+            facts.add(Outbox, **outbox)
     # Without a body yet, the sender fills in its text and html when it renders the mail.
     facts.add(Message, case_id=case.id, direction=str(Direction.OUT), kind=str(mail.kind),
               message_id=envelope.message_id, dedupe_key=envelope.message_id,
               from_addr=from_address, to_addrs=list(recipients), cc_addrs=[],
               subject=envelope.subject, date=now, headers={},
-              text=body.text if body else "", html=body.html if body else "")
+              text=body[0] if body else "", html=body[1] if body else "")
     if mail.kind not in UNLIMITED_KINDS:
         for address in recipients:
             facts.add(AutoMail, address=address, case_id=case.id, at=now)
     return True
+
+
+def _copies(app: App, case: Case, mail: Mail, recipients: list[str], now: datetime,
+            facts: Facts) -> list[tuple[list[str], dict[str, Any]]]:
+    """The outgoing copies of one mail: (recipients, template values of that copy).
+
+    One copy for everyone, unless the web portal is configured: then each participant
+    gets a copy of their own whose ``portal.case_url`` signs them in to this case (all
+    copies share one Message-ID: one mail, personalised, as mailing lists do). Staff
+    and everyone else get the plain case page.
+    """
+    web = app.settings.web
+    if web is None:
+        return [(recipients, {"portal": None})]
+    base = web.effective_base_url
+    plain = {"case_url": f"{base}/cases/{case.ref}", "login_url": "", "expires_at": None,
+             "cases_url": f"{base}/cases"}
+    if mail.to is not Audience.PARTICIPANTS:
+        return [(recipients, {"portal": plain})]
+    copies = []
+    for address in recipients:
+        token, row = tokens.token_row("case", address, case.id, now, web.case_link_ttl)
+        facts.add(WebToken, **row)
+        copies.append(([address], {"portal": {**plain, "expires_at": row["expires_at"],
+                                              "case_url": f"{plain['case_url']}?t={token}"}}))
+    return copies
 
 
 def _recipients(app: App, case: Case, audience: Audience, message: InboundMessage | None,

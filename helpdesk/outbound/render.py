@@ -77,10 +77,23 @@ def outbox_renderer(app: App) -> Render:
     gives the case's copy of the mail (``message``) its text."""
     def render(session: Session, row: Outbox) -> bytes:
         mail = render_mail(session, app, row)
+        text, html = case_copy(mail, row.render)
         session.execute(update(Message).where(Message.dedupe_key == row.message_id)
-                        .values(text=mail.text, html=mail.html))
+                        .values(text=text, html=html))
         return mail.raw
     return render
+
+
+def case_copy(mail: Rendered, spec: dict[str, Any] | None) -> tuple[str, str]:
+    """The text and HTML the case keeps of a mail: a personal copy's sign-in link is
+    the recipient's alone, so the case (which other participants read) gets the
+    plain case page instead."""
+    portal = (spec or {}).get("portal") or {}
+    link = portal.get("case_url") or ""
+    if "?t=" not in link:
+        return mail.text, mail.html
+    plain = link.partition("?t=")[0]
+    return mail.text.replace(link, plain), mail.html.replace(link, plain)
 
 
 def _context(session: Session, app: App, case: Case, spec: dict[str, Any],
@@ -112,6 +125,7 @@ def _context(session: Session, app: App, case: Case, spec: dict[str, Any],
         relay=spec.get("relay"),
         errors=spec["errors"],
         now=now,
+        portal=spec.get("portal"),
     )
 
 

@@ -18,6 +18,7 @@ from helpdesk.core.decide import Decision
 from helpdesk.core.lifecycle import Lifecycle, Transition
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_token
+from helpdesk.outbound.personal import queue_caseless
 from helpdesk.outbound.queue import Extras, queue_mail
 from helpdesk.store import cases
 from helpdesk.store.orm import (
@@ -39,6 +40,8 @@ def apply_decision(session: Session, app: App, decision: Decision, msg: InboundM
     elif decision.case is not None:
         case = session.get_one(Case, decision.case.id)
     else:
+        for mail in decision.mails:  # about no case (`#cases`): to the sender alone
+            queue_caseless(session, app, mail, msg, now)
         return None
     if msg is not None and decision.store_as is not None:
         store_message(session, app, case, msg, decision.store_as, inbound_id, now)

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from helpdesk.core.access import asks_for_case_list
 from helpdesk.core.decide import Context, Policy, duplicate_key, route
 from helpdesk.core.matching import Candidates, CaseView
 from helpdesk.core.model import InboundMessage
@@ -86,7 +87,15 @@ def load_context(session: Session, msg: InboundMessage, policy: Policy, secret: 
                                Case.requester_domain == msg.sender.rpartition("@")[2],
                                Case.duplicate_key == key,
                                Case.status.in_(OPEN_CONNECTION_STATUSES)).limit(1))
-    return Context(candidates=candidates, bounced_case=bounced, open_duplicate=as_view(duplicate))
+    return Context(candidates=candidates, bounced_case=bounced, open_duplicate=as_view(duplicate),
+                   sender_known=asks_for_case_list(msg.subject, msg.text)
+                   and is_participant(session, msg.sender))
+
+
+def is_participant(session: Session, address: str) -> bool:
+    """Whether the address is the requester or a participant of any case."""
+    return session.scalar(select(Participant.id).where(Participant.address == address.lower())
+                          .limit(1)) is not None
 
 
 def next_ref(session: Session, prefix: str) -> str:

@@ -95,8 +95,8 @@ class Case(Base):
     reply_token: Mapped[str] = mapped_column(String(40))
     duplicate_key: Mapped[str | None] = mapped_column(String(300))
     assignee: Mapped[str | None] = mapped_column(String(320))
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(index=True)  # the portal sorts by these
+    updated_at: Mapped[datetime] = mapped_column(index=True)
     status_since: Mapped[datetime]
     # The waiting clock (waiting / pending_seller / resolved) and the next timer step.
     clock_started_at: Mapped[datetime | None]
@@ -271,3 +271,37 @@ class KeyValue(Base):
     __tablename__ = "key_value"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class WebToken(Base):
+    """A link that signs an address in to the web portal, stored as the SHA-256 of
+    the token (the token itself is only in the mail).
+
+    ``login``: from `POST /login`, works once, for 15 minutes. ``case``: in every mail
+    to a participant, signs that address in to that one case; it can be used again
+    until it expires (the person may open the same mail twice, on two devices).
+    """
+
+    __tablename__ = "web_token"
+    __table_args__ = (Index("ix_web_token_address_at", "address", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(10))  # login | case
+    address: Mapped[str] = mapped_column(String(320))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("case.id"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie holds a random id, the table its SHA-256."""
+
+    __tablename__ = "web_session"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("case.id"))  # a case link's session
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -215,3 +215,14 @@ def test_a_status_change_with_a_note_tells_the_participants_even_when_it_sends_n
 def test_a_note_rides_in_the_mail_the_status_sends_not_in_a_second_one():
     d = apply_commands(case("open"), (Command("status", "waiting Which model is it?"),), POLICY)
     assert participant_mails(d) == [(MailKind.STATUS, "Which model is it?")]
+
+
+def test_cases_by_mail_answers_a_known_sender_and_ignores_a_stranger():
+    msg = mail(subject="#cases")
+    known = decide(msg, Context(sender_known=True), POLICY)
+    assert known.outcome is Outcome.CASE_LIST and known.new_case is None
+    assert [(m.kind, m.to) for m in known.mails] == [(MailKind.CASE_LIST, Audience.SENDER)]
+    stranger = decide(msg, Context(), POLICY)
+    assert stranger.outcome is Outcome.IGNORED and stranger.mails == () and not stranger.new_case
+    auto = mail(subject="#cases", headers={"Auto-Submitted": "auto-replied"})
+    assert decide(auto, Context(sender_known=True), POLICY).outcome is Outcome.MACHINE

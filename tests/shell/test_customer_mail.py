@@ -4,8 +4,6 @@ the real console command and the recording MTA."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-from email.message import EmailMessage
 
 from helpdesk.inbound.ingest import Outcome
 from tests.servers.helpdesk import Desk, make_mail, staff_auth
@@ -18,7 +16,6 @@ from tests.shell.test_lifecycle_e2e import (
     DAY,
     START,
     kinds,
-    last_mail,
     mails_of_kind,
     open_case,
     sweep,
