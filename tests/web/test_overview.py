@@ -115,8 +115,8 @@ def fill(desk, n):
 
 def test_cases_list_limit_and_offset_page_through_in_a_fixed_number_of_queries(desk):
     refs = fill(desk, 7)
-    page = json.loads(desk.cli("cases", "list", "--limit", "3", "--offset", "2", "--json",
-                               check=True).stdout)
+    page = json.loads(desk.cli("cases", "list", "--asc", "--limit", "3", "--offset", "2",
+                               "--json", check=True).stdout)
     assert [c["ref"] for c in page] == refs[2:5]
     assert page[0]["participants"] and page[0]["addresses"] == ["support@example.com"]
     assert desk.cli("cases", "list", "--limit", "0").returncode == 2
