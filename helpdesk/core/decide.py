@@ -127,6 +127,7 @@ class NewCase:
     duplicate_key: str | None
     linked_to: CaseView | None = None
     link_reason: str | None = None  # reopened | unknown_sender
+    opened_by: str = ""  # the From address (the requester may be its Reply-To)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,7 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
                   subject=msg.subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
-                  link_reason=link_reason)
+                  link_reason=link_reason, opened_by=msg.sender)
     return Decision(
         Outcome.NEW_CASE, new_case=new, store_as=MailKind.NEW,
         add_participants=((requester, msg.sender_name), *others),

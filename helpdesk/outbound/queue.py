@@ -4,10 +4,17 @@ This runs inside the transaction of whatever decided to send (an inbound mail,
 a timer, a command), so the mail and the change that caused it commit together
 or not at all; its body is rendered later, by the sender (``render``). Automatic mail is rate-limited here, per recipient and per case,
 counted in the database: the last line of defence against a mail loop.
+
+A mail goes out as one or more copies (``copies``): one for everyone, or, when only
+staff get it, one per staff member, each with that person's own staff reply address
+as Reply-To. Answering it is how a staff member proves who they are (SPEC, Trust).
+Mail caused by a mail from outside is also bounded in how many outside addresses it
+reaches (``RecipientBudget``, ``limits.recipients_per_mail``).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,13 +22,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
+from helpdesk.core.amplification import admit
 from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.model import Direction, InboundMessage, MailKind
-from helpdesk.core.refs import reply_address, tagged_subject
+from helpdesk.core.refs import reply_address, staff_reply_address, staff_reply_token, tagged_subject
 from helpdesk.mail import compose
 from helpdesk.mail.templates import build_context
 from helpdesk.outbound.facts import Facts
 from helpdesk.outbound.render import render_mail, render_spec
+from helpdesk.store.cases import reply_secret
 from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox
 
 log = logging.getLogger(__name__)
@@ -49,8 +58,54 @@ class Extras:
     author: tuple[str, str] | None = None  # (address, name) of a relayed staff answer
 
 
+class RecipientBudget:
+    """The outside addresses the mails of one decision may still reach in all
+    (``core.amplification.admit``): one per inbound mail from outside."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counted: frozenset[str] = frozenset()
+
+    def admit(self, recipients: Iterable[str], is_staff: Callable[[str], bool]
+              ) -> tuple[list[str], list[str]]:
+        admitted, refused = admit(recipients, self.counted, self.limit, is_staff)
+        self.counted |= {a for a in admitted if not is_staff(a)}
+        return admitted, refused
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One copy of a mail: who gets it and where their answer goes."""
+
+    to: tuple[str, ...]
+    reply_to: str | None
+
+
+def copies(session: Session, app: App, case: Case, recipients: list[str]) -> list[Copy]:
+    """One copy for everyone; or, when everyone is staff of the case, one per staff
+    member whose Reply-To is their own staff reply address (a secret only that copy
+    carries: an answer sent to it is theirs). Nobody sees another's address."""
+    from_address = app.settings.categories[case.category].addresses[0].lower()
+    if not app.settings.threading.reply_address:
+        return [Copy(tuple(recipients), None)]
+    policy = app.policy
+    if not all(policy.is_staff_for(case.category, r) for r in recipients):
+        return [Copy(tuple(recipients), reply_address(from_address, case.ref, case.reply_token))]
+    key = secret_key(session, app)
+    return [Copy((r,), staff_reply_address(from_address, case.ref,
+                                           staff_reply_token(key, case.ref, r)))
+            for r in recipients]
+
+
+def secret_key(session: Session, app: App) -> bytes:
+    """The key of reply-address tokens and of our Message-IDs."""
+    secret = app.settings.helpdesk.secret
+    return reply_secret(session, secret.get_secret_value() if secret else None)
+
+
 def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime,
-               extras: Extras = Extras(), facts: Facts | None = None) -> bool:
+               extras: Extras = Extras(), facts: Facts | None = None,
+               budget: RecipientBudget | None = None) -> bool:
     """Queue one mail of ``case``; False when nobody is left to send it to.
 
     Without ``facts`` (a mail answering a message, a hook's mail) it is rendered now:
@@ -59,12 +114,20 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     ``facts`` (timer steps: a sweep's chunk, one case's due step) the rows are
     written without the body, which the sender renders when it first claims the row
     (``helpdesk.outbound.render``); a template broken by then makes that row dead.
+    With a ``budget`` (a mail from outside caused it), outside addresses past it get
+    nothing, and an event says who.
     """
     render_now = facts is None
     facts = facts or Facts(session)
     recipients = _recipients(app, case, mail.to, extras.message, facts)
     if mail.kind not in UNLIMITED_KINDS:
         recipients = _within_limits(session, app, case, mail.kind, recipients, now, facts)
+    if budget is not None:
+        recipients, refused = budget.admit(
+            recipients, lambda address: app.policy.is_staff_for(case.category, address))
+        if refused:
+            _limited(case, mail.kind, refused, f"{budget.limit} recipients per mail", now, facts,
+                     event="recipients_limit")
     if not recipients:
         return False
     settings = app.settings
@@ -72,23 +135,34 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     from_address = category.addresses[0].lower()
     first, last = facts.thread(case.id)
     parent = extras.message.message_id if extras.message and extras.message.message_id else last
-    envelope = compose.Envelope(
-        from_address=from_address,
-        from_name=f"{settings.helpdesk.name} ({category.label})",
-        to=tuple(recipients),
-        subject=tagged_subject(case.ref, case.subject),
-        message_id=compose.new_message_id(settings.helpdesk.domain),
-        in_reply_to=parent,
-        references=compose.references_for(first, parent),
-        reply_to=reply_address(from_address, case.ref, case.reply_token)
-        if settings.threading.reply_address else None,
-        auto_submitted=None if mail.kind in HUMAN_KINDS else (
-            "auto-replied" if mail.kind in AUTO_REPLIED_KINDS else "auto-generated"),
-        loop_value=settings.helpdesk.address.lower(),
-        case_ref=case.ref,
-    )
-    outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": from_address,
-              "recipients": list(recipients), "message_id": envelope.message_id, "raw": None,
+    key = secret_key(session, app)
+    for copy in copies(session, app, case, recipients):
+        envelope = compose.Envelope(
+            from_address=from_address,
+            from_name=f"{settings.helpdesk.name} ({category.label})",
+            to=copy.to,
+            subject=tagged_subject(case.ref, case.subject),
+            message_id=compose.new_message_id(settings.helpdesk.domain, key),
+            in_reply_to=parent,
+            references=compose.references_for(first, parent),
+            reply_to=copy.reply_to,
+            auto_submitted=None if mail.kind in HUMAN_KINDS else (
+                "auto-replied" if mail.kind in AUTO_REPLIED_KINDS else "auto-generated"),
+            loop_value=settings.helpdesk.address.lower(),
+            case_ref=case.ref,
+        )
+        _queue_copy(session, app, case, mail, envelope, extras, now, facts, render_now)
+    if mail.kind not in UNLIMITED_KINDS:
+        for address in recipients:
+            facts.add(AutoMail, address=address, case_id=case.id, at=now)
+    return True
+
+
+def _queue_copy(session: Session, app: App, case: Case, mail: Mail,
+                envelope: compose.Envelope, extras: Extras, now: datetime, facts: Facts,
+                render_now: bool) -> None:
+    outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": envelope.from_address,
+              "recipients": list(envelope.to), "message_id": envelope.message_id, "raw": None,
               "render": render_spec(envelope, mail, extras.message, _values(mail, extras)),
               "status": "queued", "attempts": 0, "next_attempt_at": now, "created_at": now}
     body = None
@@ -102,25 +176,22 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     # Without a body yet, the sender fills in its text and html when it renders the mail.
     facts.add(Message, case_id=case.id, direction=str(Direction.OUT), kind=str(mail.kind),
               message_id=envelope.message_id, dedupe_key=envelope.message_id,
-              from_addr=from_address, to_addrs=list(recipients), cc_addrs=[],
+              from_addr=envelope.from_address, to_addrs=list(envelope.to), cc_addrs=[],
               subject=envelope.subject, date=now, headers={},
               text=body.text if body else "", html=body.html if body else "")
-    if mail.kind not in UNLIMITED_KINDS:
-        for address in recipients:
-            facts.add(AutoMail, address=address, case_id=case.id, at=now)
-    return True
 
 
 def _recipients(app: App, case: Case, audience: Audience, message: InboundMessage | None,
                 facts: Facts) -> list[str]:
-    policy_staff = app.settings.staff
     if audience is Audience.SENDER:
         return [message.sender] if message and message.sender else []
-    if audience is Audience.STAFF:
-        if case.assignee:
-            return [case.assignee]
+    if audience is Audience.STAFF and case.assignee and app.policy.is_staff_for(
+            case.category, case.assignee):  # an assignee no longer staff gets nothing more
+        return [case.assignee]
+    if audience in (Audience.STAFF, Audience.NOTIFY):
         notify = app.settings.categories[case.category].notify
-        return [a.lower() for a in notify] or [s for s in policy_staff if not s.startswith("@")]
+        return [a.lower() for a in notify] or [s for s in app.settings.staff
+                                               if not s.startswith("@")]
     return facts.participants(case.id)
 
 
@@ -152,11 +223,11 @@ def _within_limits(session: Session, app: App, case: Case | None, kind: MailKind
 
 
 def _limited(case: Case | None, kind: MailKind, recipients: list[str], limit: str,
-             now: datetime, facts: Facts) -> None:
-    log.warning("rate limit: not sending %s of case=%s to %s (%s)", kind,
+             now: datetime, facts: Facts, event: str = "rate_limited") -> None:
+    log.warning("%s: not sending %s of case=%s to %s (%s)", event, kind,
                 case.ref if case else "-", recipients, limit)
     if case is not None:
-        facts.add(Event, case_id=case.id, at=now, type="rate_limited",
+        facts.add(Event, case_id=case.id, at=now, type=event,
                   detail={"kind": str(kind), "recipients": recipients, "limit": limit})
 
 
@@ -192,7 +263,7 @@ def queue_notice(session: Session, app: App, category: str, kind: MailKind,
     envelope = compose.Envelope(
         from_address=from_address, from_name=settings.helpdesk.name, to=tuple(recipients),
         subject=f"Re: {msg.subject}" if msg.subject else "Your message",
-        message_id=compose.new_message_id(settings.helpdesk.domain),
+        message_id=compose.new_message_id(settings.helpdesk.domain, secret_key(session, app)),
         in_reply_to=msg.message_id or None,
         references=compose.references_for(None, msg.message_id or None, msg.references),
         auto_submitted="auto-replied", loop_value=settings.helpdesk.address.lower())
