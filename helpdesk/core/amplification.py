@@ -60,9 +60,9 @@ def new_case_limit(opened: Iterable[OpenedCases], rates: Iterable[tuple[int, tim
         if found is None:
             continue
         if found.by_sender >= limit:
-            return f"new-cases-per-sender: {limit} per {_span(window)} from {sender}"
+            return f"new-cases-per-sender: {limit} per {span(window)} from {sender}"
         if domain not in public_domains and found.by_domain >= limit:
-            return f"new-cases-per-sender: {limit} per {_span(window)} from @{domain}"
+            return f"new-cases-per-sender: {limit} per {span(window)} from @{domain}"
     return None
 
 
@@ -88,7 +88,8 @@ def reply_to_may_replace_from(reply_to: str, sender: str, trust: SenderTrust) ->
     return bool(sender) and (same_domain or (trust.verified and trust.via == "dmarc"))
 
 
-def _span(window: timedelta) -> str:
+def span(window: timedelta) -> str:
+    """``1h``, ``10m``, ``1d``: a window as the config spells it."""
     seconds = int(window.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:

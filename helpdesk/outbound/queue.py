@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
-from helpdesk.core.amplification import admit
+from helpdesk.core.amplification import admit, span
 from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_address, staff_reply_address, staff_reply_token, tagged_subject
@@ -207,12 +207,12 @@ def _within_limits(session: Session, app: App, case: Case | None, kind: MailKind
     limits = app.settings.limits
     for count, window in limits.auto_mail_per_case if case is not None else ():
         if facts.sent_for_case(case.id, now - window) >= count:
-            _limited(case, kind, recipients, f"{count} per {_span(window)} for this case", now,
+            _limited(case, kind, recipients, f"{count} per {span(window)} for this case", now,
                      facts)
             return []
     allowed = []
     for address in recipients:
-        over = next((f"{count} per {_span(window)} to {address}"
+        over = next((f"{count} per {span(window)} to {address}"
                      for count, window in limits.auto_mail_per_recipient
                      if facts.sent_to(address, now - window) >= count), None)
         if over:
@@ -229,14 +229,6 @@ def _limited(case: Case | None, kind: MailKind, recipients: list[str], limit: st
     if case is not None:
         facts.add(Event, case_id=case.id, at=now, type=event,
                   detail={"kind": str(kind), "recipients": recipients, "limit": limit})
-
-
-def _span(window: timedelta) -> str:
-    seconds = int(window.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _values(mail: Mail, extras: Extras) -> dict[str, Any]:
