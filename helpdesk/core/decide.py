@@ -161,8 +161,11 @@ def route(msg: InboundMessage, policy: Policy) -> CategoryPolicy:
 
 
 def support_addresses(msg: InboundMessage, policy: Policy) -> tuple[str, ...]:
-    return tuple(a for a in dict.fromkeys((*msg.to, *msg.cc, *msg.envelope_recipients))
-                 if policy.is_ours(a))
+    """The support addresses the mail came to. A reply address counts as the address it
+    stands for: its token (a staff member's a secret) is never recorded."""
+    return tuple(dict.fromkeys(base_address(a) for a in (*msg.to, *msg.cc,
+                                                         *msg.envelope_recipients)
+                               if policy.is_ours(a)))
 
 
 def duplicate_key(msg: InboundMessage, category: CategoryPolicy) -> str | None:

@@ -163,6 +163,7 @@ def test_staff_are_verified_by_our_mtas_dmarc_result_or_by_their_own_reply_addre
                                     in_reply_to=reply["Message-ID"]))
     assert (outcome.status, outcome.ref) == ("staff_reply", "CC-000001")
     assert desk.case("CC-000001")["status"] == "resolved"
+    assert desk.case("CC-000001")["addresses"] == ["support@example.com"]  # no token kept
     assert "Replaced the fuser." in text_of(latest_to(desk, ANA_ADDR))
 
 
