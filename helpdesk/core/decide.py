@@ -190,6 +190,9 @@ def requester_of(msg: InboundMessage, policy: Policy, trust: SenderTrust = UNVER
 
 
 def decide(msg: InboundMessage, context: Context, policy: Policy) -> Decision:
+    """What to do with ``msg``. Who wrote it is weighed first: verified staff of the
+    category steer, and what they cause is not bounded; what anyone else's mail causes
+    reaches at most ``policy.recipients_per_mail`` outside addresses."""
     match = match_case(context.candidates)
     category = match.case.category if match else route(msg, policy).name
     staff = policy.is_staff_for(category, msg.sender)
