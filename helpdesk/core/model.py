@@ -115,4 +115,4 @@ class MailKind(StrEnum):
     NOT_COMPLETED = "not_completed"
     TOO_LARGE = "too_large"
     STAFF_NOTICE = "staff_notice"
-    UNVERIFIED_STAFF = "unverified_staff"  # to staff: a mail in a staff member's name was not theirs
+    UNVERIFIED_STAFF = "unverified_staff"  # to staff: a mail in a staff name was not verified
