@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from helpdesk.app import App
+from helpdesk.config import Settings
 from helpdesk.store.orm import Inbound, MailboxState, Outbox
 
 
@@ -24,8 +25,27 @@ class HealthReport:
         return "\n".join([*self.lines, verdict])
 
 
+def trust_warnings(settings: Settings) -> list[str]:
+    """What `check-config` and `status` say about how staff mail is verified: settings
+    that work, but let anyone pose as staff or leave real staff unheard."""
+    trust = settings.trust
+    has_staff = bool(settings.staff) or any(c.notify for c in settings.categories.values())
+    if not trust.require_staff_auth:
+        return ["trust.require_staff_auth is false: a From header alone makes anyone staff "
+                "(their #commands run, their text is relayed); for a lab setup only"]
+    if has_staff and not trust.authserv_ids:
+        if not settings.threading.reply_address:
+            return ["trust.authserv_ids is empty and threading.reply_address is false: no "
+                    "staff mail can be verified, every one is kept as unverified"]
+        return ["trust.authserv_ids is empty: staff mail counts only when it answers a staff "
+                "reply address (a reply to a notice); list your MTA's authserv-id to accept "
+                "their other mail"]
+    return []
+
+
 def health_report(app: App, now: datetime) -> HealthReport:
     report = HealthReport()
+    report.lines.extend(f"warning: {w}" for w in trust_warnings(app.settings))
     with app.sessions() as session:
         states = {s.name: s for s in session.scalars(select(MailboxState))}
         for mailbox in app.settings.inbound.imap:

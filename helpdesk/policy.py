@@ -16,7 +16,8 @@ def core_policy(settings: Settings) -> Policy:
         CategoryPolicy(name=name, prefix=cat.prefix, lifecycle=Lifecycle(cat.lifecycle),
                        addresses=tuple(a.lower() for a in cat.addresses),
                        has_activation=cat.activation is not None,
-                       duplicate_key=cat.duplicate_key)
+                       duplicate_key=cat.duplicate_key,
+                       notify=tuple(a.lower() for a in cat.notify))
         for name, cat in settings.categories.items())
     return Policy(
         categories=categories,
@@ -32,6 +33,11 @@ def core_policy(settings: Settings) -> Policy:
         unknown_sender=settings.threading.unknown_sender,
         participants_per_case=settings.limits.participants_per_case,
         participants_per_message=settings.limits.participants_per_message,
+        require_staff_auth=settings.trust.require_staff_auth,
+        recipients_per_mail=settings.limits.recipients_per_mail,
+        new_cases_per_sender=tuple(settings.limits.new_cases_per_sender),
+        public_domains=frozenset(settings.web.public_domains if settings.web
+                                 else PUBLIC_MAIL_DOMAINS),
     )
 
 

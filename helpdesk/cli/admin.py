@@ -26,6 +26,9 @@ def check_config(ctx: click.Context) -> None:
         for error in errors:
             click.echo(f"template error: {error}", err=True)
         sys.exit(2)
+    from helpdesk.health import trust_warnings
+    for warning in trust_warnings(settings):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"config OK: {ctx.obj['config']}")
 
 

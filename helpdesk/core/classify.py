@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from helpdesk.core.model import InboundMessage
+from helpdesk.core.refs import base_address
 
 # Local parts that only software sends from (Zammad's and Znuny's defaults, roughly).
 DEFAULT_MACHINE_SENDERS: tuple[str, ...] = (
@@ -174,7 +175,9 @@ def _own_message_id(msg: InboundMessage, policy: HygienePolicy) -> str | None:
 
 
 def _own_address(msg: InboundMessage, policy: HygienePolicy) -> str | None:
-    return msg.sender if msg.sender and msg.sender.lower() in policy.own_addresses else None
+    # Our support addresses and the case and staff reply addresses made from them: mail
+    # From one of them is our own coming back (a loop), or someone posing as us.
+    return msg.sender if msg.sender and base_address(msg.sender) in policy.own_addresses else None
 
 
 RULES: tuple[Rule, ...] = (

@@ -5,28 +5,40 @@ index lookups), calls ``decide`` and applies the result in one transaction. The
 order of concerns reads top to bottom in ``decide``: machine mail and bounces,
 then threading, then who is writing (staff, participant, stranger), then the
 lifecycle.
+
+Who may steer a case (SPEC, Round 2: Trust): ``#commands`` run, and text is
+relayed, only for a staff member of the case's category (``staff``, or the
+category's ``notify`` list) whose mail was verified (``Context.sender_trust``: our
+MTA's DMARC/DKIM result, a staff reply address, a web session, the command line).
+Anyone else's mail, a staff address's included, never changes more than a
+customer's reply would; an unverified one in a staff member's name is kept on the
+case, internal, and staff are told. A mail from outside is also bounded in what it
+may cause (``core.amplification``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from enum import StrEnum
 
 from helpdesk.core import lifecycle
 from helpdesk.core.access import asks_for_case_list
+from helpdesk.core.amplification import OpenedCases, new_case_limit, reply_to_may_replace_from
 from helpdesk.core.classify import HygienePolicy, machine_reasons
 from helpdesk.core.commands import Command, parse_commands, strip_quoted
 from helpdesk.core.lifecycle import Event, IllegalTransition, Lifecycle, Transition, Trigger
 from helpdesk.core.matching import (
+    WEAK_MATCHES,
     Candidates,
     CaseView,
-    MatchedBy,
+    Match,
     StaffDirectory,
     is_known_sender,
     match_case,
 )
 from helpdesk.core.model import Bounce, InboundMessage, MailKind
-from helpdesk.core.refs import normalise_subject, parse_reply_address, untagged_subject
+from helpdesk.core.refs import base_address, normalise_subject, untagged_subject
 from helpdesk.core.trust import UNVERIFIED, SenderTrust
 
 
@@ -40,11 +52,14 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     IGNORED = "ignored"
     CASE_LIST = "case_list"  # `#cases`: answered with the sender's open cases, no case opened
+    UNVERIFIED_STAFF = "unverified_staff"  # From a staff address, not shown to be theirs
+    HELD = "held"  # over a limit: kept in the quarantine, nothing sent (failed retry later)
 
 
 class Audience(StrEnum):
     PARTICIPANTS = "participants"  # everyone on the case who can still receive mail
     STAFF = "staff"  # the assignee, else the category's notify list, else all staff
+    NOTIFY = "notify"  # the category's notify list, else all staff (never just the assignee)
     SENDER = "sender"  # only the author of the mail being decided
 
 
@@ -56,6 +71,7 @@ class CategoryPolicy:
     addresses: tuple[str, ...]
     has_activation: bool = False
     duplicate_key: str | None = None  # regex; group 1 identifies a connection
+    notify: tuple[str, ...] = ()  # staff for this category's cases, told of what needs them
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +83,22 @@ class Policy:
     unknown_sender: str = "new_case"  # new_case | join | reject
     participants_per_case: int = 20
     participants_per_message: int = 10
+    require_staff_auth: bool = True  # false: a From header alone makes staff (lab setups)
+    recipients_per_mail: int = 10  # outside addresses one mail from outside may cause mail to
+    new_cases_per_sender: tuple[tuple[int, timedelta], ...] = ((5, timedelta(hours=1)),)
+    public_domains: frozenset[str] = frozenset()  # never one sender, never one company
 
     def category(self, name: str) -> CategoryPolicy:
         return next(c for c in self.categories if c.name == name)
 
     def is_ours(self, address: str) -> bool:
-        parsed = parse_reply_address(address)
-        return address in self.own_addresses or (parsed is not None and parsed[0] in self.own_addresses)
+        """One of our support addresses, or a case's or a staff member's reply address."""
+        return base_address(address) in self.own_addresses
+
+    def is_staff_for(self, category: str, address: str) -> bool:
+        """Staff for the cases of ``category``: listed staff, and its ``notify`` addresses
+        (they are sent its notices, so they may answer them)."""
+        return self.staff.is_staff(address) or address.lower() in self.category(category).notify
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,7 @@ class Context:
     open_duplicate: CaseView | None = None  # an open connection request with the same key
     sender_trust: SenderTrust = UNVERIFIED  # what the shell could verify of the sender
     sender_known: bool = False  # the sender takes part in some case (looked up for `#cases`)
+    opened_cases: tuple[OpenedCases, ...] = ()  # per new_cases_per_sender window
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +130,7 @@ class NewCase:
     duplicate_key: str | None
     linked_to: CaseView | None = None
     link_reason: str | None = None  # reopened | unknown_sender
+    opened_by: str = ""  # the From address (the requester may be its Reply-To)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +148,15 @@ class Decision:
     bounce: Bounce | None = None
     run_activation: bool = False
     addresses: tuple[str, ...] = field(default=())  # support addresses the mail came to
+    # Outside addresses its mails may reach in all (staff not counted); None: unbounded,
+    # for what verified staff, the command line and the timers decide.
+    recipient_limit: int | None = None
 
 
 def route(msg: InboundMessage, policy: Policy) -> CategoryPolicy:
     """The category of the first of our addresses the mail names; else the first category."""
     for address in (*msg.to, *msg.cc, *msg.envelope_recipients):
-        parsed = parse_reply_address(address)
-        base = parsed[0] if parsed else address
+        base = base_address(address)
         for category in policy.categories:
             if base in category.addresses:
                 return category
@@ -135,8 +164,11 @@ def route(msg: InboundMessage, policy: Policy) -> CategoryPolicy:
 
 
 def support_addresses(msg: InboundMessage, policy: Policy) -> tuple[str, ...]:
-    return tuple(a for a in dict.fromkeys((*msg.to, *msg.cc, *msg.envelope_recipients))
-                 if policy.is_ours(a))
+    """The support addresses the mail came to. A reply address counts as the address it
+    stands for: its token (a staff member's a secret) is never recorded."""
+    return tuple(dict.fromkeys(base_address(a) for a in (*msg.to, *msg.cc,
+                                                         *msg.envelope_recipients)
+                               if policy.is_ours(a)))
 
 
 def duplicate_key(msg: InboundMessage, category: CategoryPolicy) -> str | None:
@@ -151,36 +183,53 @@ def duplicate_key(msg: InboundMessage, category: CategoryPolicy) -> str | None:
     return normalise_subject(msg.subject) or None
 
 
-def requester_of(msg: InboundMessage, policy: Policy) -> str:
-    """Reply-To wins over From (web forms send From themselves), unless it is us."""
+def requester_of(msg: InboundMessage, policy: Policy, trust: SenderTrust = UNVERIFIED) -> str:
+    """Reply-To wins over From (web forms send From themselves), unless it is us or could
+    aim our answer at someone who never wrote (``reply_to_may_replace_from``)."""
     for address in msg.reply_to:
-        if not policy.is_ours(address):
+        if not policy.is_ours(address) and reply_to_may_replace_from(address, msg.sender, trust):
             return address
     return msg.sender
 
 
 def decide(msg: InboundMessage, context: Context, policy: Policy) -> Decision:
+    """What to do with ``msg``. Who wrote it is weighed first: verified staff of the
+    category steer, and what they cause is not bounded; what anyone else's mail causes
+    reaches at most ``policy.recipients_per_mail`` outside addresses."""
+    match = match_case(context.candidates)
+    category = match.case.category if match else route(msg, policy).name
+    staff = policy.is_staff_for(category, msg.sender)
+    verified_staff = staff and (context.sender_trust.verified or not policy.require_staff_auth)
+    decision = _decide(msg, context, policy, match, staff, verified_staff)
+    if verified_staff:
+        return decision
+    return replace(decision, recipient_limit=policy.recipients_per_mail)
+
+
+def _decide(msg: InboundMessage, context: Context, policy: Policy, match: Match | None,
+            staff: bool, verified_staff: bool) -> Decision:
     addresses = support_addresses(msg, policy)
     if msg.bounce is not None and msg.bounce.recipients:
         # A report naming no recipient says nothing about delivery: plain machine mail.
         return _bounce(msg, context)
-    match = match_case(context.candidates)
     if reasons := machine_reasons(msg, policy.hygiene):
         if match:
             return Decision(Outcome.MACHINE, case=match.case, store_as=MailKind.MACHINE,
                             reasons=reasons, events=(("machine_mail", {
                                 "from": msg.sender, "reasons": list(reasons)}),))
         return Decision(Outcome.MACHINE, reasons=reasons)
-    if not requester_of(msg, policy):
+    if not requester_of(msg, policy, context.sender_trust):
         return Decision(Outcome.IGNORED, reasons=("no-sender: no usable From address",))
-    if asks_for_case_list(msg.subject, msg.text) and not policy.staff.is_staff(msg.sender):
+    if asks_for_case_list(msg.subject, msg.text) and not staff:
         return _case_list(context)
     if match is None:
-        return _new_case(msg, context, policy, addresses)
+        return _new_case(msg, context, policy, addresses, verified_staff)
     case = match.case
-    if policy.staff.is_staff(msg.sender):
-        return staff_reply(case, msg, policy)
-    if match.by is MatchedBy.SUBJECT_TAG and not is_known_sender(case, msg.sender, policy.staff):
+    if staff:
+        if verified_staff:
+            return staff_reply(case, msg, policy)
+        return _unverified_staff(msg, case, context.sender_trust, addresses)
+    if match.by in WEAK_MATCHES and not is_known_sender(case, msg.sender, policy.public_domains):
         return _stranger(msg, case, context, policy, addresses)
     return _participant_reply(msg, case, context, policy, addresses)
 
@@ -207,8 +256,8 @@ def _bounce(msg: InboundMessage, context: Context) -> Decision:
 
 
 def _new_case(msg: InboundMessage, context: Context, policy: Policy,
-              addresses: tuple[str, ...], linked_to: CaseView | None = None,
-              link_reason: str | None = None) -> Decision:
+              addresses: tuple[str, ...], verified_staff: bool = False,
+              linked_to: CaseView | None = None, link_reason: str | None = None) -> Decision:
     category = route(msg, policy)
     if context.open_duplicate is not None and linked_to is None:
         existing = context.open_duplicate
@@ -216,15 +265,22 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
                         events=(("duplicate_request", {"from": msg.sender,
                                                        "subject": msg.subject}),),
                         mails=(Mail(MailKind.DUPLICATE, Audience.SENDER),), addresses=addresses)
-    requester = requester_of(msg, policy)
-    others, skipped = _new_participants(msg, policy, exclude={requester},
-                                        room=policy.participants_per_case - 1)
+    room = policy.participants_per_case - 1
+    if not verified_staff:
+        held = new_case_limit(context.opened_cases, policy.new_cases_per_sender, msg.sender,
+                              policy.public_domains)
+        if held:
+            return Decision(Outcome.HELD, reasons=(held,), addresses=addresses)
+        # Everyone it adds gets the acknowledgement: no more than one mail may reach.
+        room = min(room, policy.recipients_per_mail - 1)
+    requester = requester_of(msg, policy, context.sender_trust)
     # A case opened by a reply to another keeps the link, not the other's tag in its subject.
     subject = msg.subject if linked_to is None else untagged_subject(msg.subject)
+    others, skipped = _new_participants(msg, policy, category.name, exclude={requester}, room=room)
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
                   subject=subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
-                  link_reason=link_reason)
+                  link_reason=link_reason, opened_by=msg.sender)
     return Decision(
         Outcome.NEW_CASE, new_case=new, store_as=MailKind.NEW,
         add_participants=((requester, msg.sender_name), *others),
@@ -234,13 +290,14 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
     )
 
 
-def _new_participants(msg: InboundMessage, policy: Policy, exclude: set[str] | frozenset[str],
+def _new_participants(msg: InboundMessage, policy: Policy, category: str,
+                      exclude: set[str] | frozenset[str],
                       room: int) -> tuple[tuple[tuple[str, str], ...], int]:
     """The people on To/Cc who join the case: never us, never staff, within the limits;
     and how many were left out by the limits."""
     found = []
     for address in dict.fromkeys((*msg.to, *msg.cc)):
-        if address in exclude or policy.is_ours(address) or policy.staff.is_staff(address):
+        if address in exclude or policy.is_ours(address) or policy.is_staff_for(category, address):
             continue
         found.append((address, ""))
     chosen = tuple(found[:max(0, min(room, policy.participants_per_message))])
@@ -251,10 +308,11 @@ def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, po
                        addresses: tuple[str, ...]) -> Decision:
     category = policy.category(case.category)
     if lifecycle.is_final(category.lifecycle, case.status):
-        return _new_case(msg, Context(), policy, addresses, linked_to=case, link_reason="reopened")
+        return _new_case(msg, context, policy, addresses, linked_to=case, link_reason="reopened")
     room = policy.participants_per_case - len(case.participants)
     joining = () if msg.sender in case.participants else ((msg.sender, msg.sender_name),)
-    others, left_out = _new_participants(msg, policy, exclude=case.participants | {msg.sender},
+    others, left_out = _new_participants(msg, policy, case.category,
+                                         exclude=case.participants | {msg.sender},
                                          room=room - len(joining))
     add = (*joining, *others)[:max(0, room)]
     body = parse_commands(msg.text)
@@ -284,7 +342,19 @@ def _stranger(msg: InboundMessage, case: CaseView, context: Context, policy: Pol
     if policy.unknown_sender == "reject":
         return Decision(Outcome.REJECTED, case=case, reasons=(f"unknown-sender: {msg.sender}",),
                         events=(("unknown_sender_rejected", {"from": msg.sender}),))
-    return _new_case(msg, Context(), policy, addresses, linked_to=case, link_reason="unknown_sender")
+    return _new_case(msg, context, policy, addresses, linked_to=case, link_reason="unknown_sender")
+
+
+def _unverified_staff(msg: InboundMessage, case: CaseView, trust: SenderTrust,
+                      addresses: tuple[str, ...]) -> Decision:
+    """A mail in a staff member's name that could not be shown to be theirs: kept on the
+    case as an internal message, and nothing else (no relay, no command, no status
+    change, nobody joins); the category's staff are told once, with the reason."""
+    return Decision(Outcome.UNVERIFIED_STAFF, case=case, store_as=MailKind.UNVERIFIED,
+                    reasons=(f"unverified-staff: {trust.reason}",), addresses=addresses,
+                    events=(("unverified_staff_mail", {"from": msg.sender,
+                                                       "reason": trust.reason}),),
+                    mails=(Mail(MailKind.UNVERIFIED_STAFF, Audience.NOTIFY, note=trust.reason),))
 
 
 _STATUS_COMMANDS = {"waiting": "waiting", "resolve": "resolved", "close": "closed",
@@ -344,10 +414,15 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
     for command in commands:
         target, note = _target(command, category.lifecycle)
         if command.name == "assign":
-            if "@" not in command.argument:
-                errors.append("#assign needs an address, e.g. #assign agent@example.com")
-            assign = command.argument.lower()
-            events.append(("assigned", {"to": assign, "by": actor}))
+            # Only staff: the assignee gets the case's staff notices and may answer them.
+            address = command.argument.strip().lower()
+            if "@" not in address:
+                errors.append("#assign needs a staff address, e.g. #assign agent@example.com")
+            elif not policy.is_staff_for(category.name, address):
+                errors.append(f"#assign {address}: not a staff address; only staff can be assigned")
+            else:
+                assign = address
+                events.append(("assigned", {"to": assign, "by": actor}))
             continue
         if target is None:
             continue

@@ -4,6 +4,11 @@
 2. it was sent to the case's reply address (whose token must be right);
 3. its subject carries the case's tag.
 
+Only a Message-ID we generated (keyed, ``refs.is_own_message_id``) is as good as a
+reply address. One the customer's client made was seen by everyone on their Cc,
+so a match on it counts no more than a typed subject tag: after the reply address,
+and from a stranger it never joins silently (``decide``).
+
 The shell looks up the candidates (one query each, for just this mail's ids,
 address and tags); this module only chooses among them.
 """
@@ -14,9 +19,14 @@ from enum import StrEnum
 
 
 class MatchedBy(StrEnum):
-    MESSAGE_ID = "message_id"
+    MESSAGE_ID = "message_id"  # one of our own Message-IDs
     REPLY_ADDRESS = "reply_address"
+    THEIR_MESSAGE_ID = "their_message_id"  # a Message-ID someone else made (the customer's)
     SUBJECT_TAG = "subject_tag"
+
+
+# Matches anyone could make: a stranger using them does not join silently.
+WEAK_MATCHES = frozenset({MatchedBy.THEIR_MESSAGE_ID, MatchedBy.SUBJECT_TAG})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +48,15 @@ class CaseView:
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    by_message_id: CaseView | None = None
+    by_message_id: CaseView | None = None  # named one of our own Message-IDs
     by_reply_address: CaseView | None = None
     by_subject_tag: CaseView | None = None
+    by_their_message_id: CaseView | None = None  # named a Message-ID we did not make
+
+    @property
+    def views(self) -> tuple[CaseView, ...]:
+        return tuple(v for v in (self.by_message_id, self.by_reply_address,
+                                 self.by_their_message_id, self.by_subject_tag) if v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +70,22 @@ def match_case(candidates: Candidates) -> Match | None:
         return Match(candidates.by_message_id, MatchedBy.MESSAGE_ID)
     if candidates.by_reply_address:
         return Match(candidates.by_reply_address, MatchedBy.REPLY_ADDRESS)
+    if candidates.by_their_message_id:
+        return Match(candidates.by_their_message_id, MatchedBy.THEIR_MESSAGE_ID)
     if candidates.by_subject_tag:
         return Match(candidates.by_subject_tag, MatchedBy.SUBJECT_TAG)
     return None
 
 
-def is_known_sender(case: CaseView, sender: str, staff: "StaffDirectory") -> bool:
-    """May this sender join ``case`` on the strength of a typed subject tag alone?"""
+def is_known_sender(case: CaseView, sender: str,
+                    public_domains: frozenset[str] = frozenset()) -> bool:
+    """May this sender join ``case`` on the strength of a match anyone could make (a typed
+    subject tag, a Message-ID the customer made)? A participant, or a colleague of the
+    requester: same domain, unless that is a public mail domain (everyone has gmail.com).
+    Staff are the caller's question (``Policy.is_staff_for``)."""
     domain = sender.rpartition("@")[2]
-    return sender in case.participants or staff.is_staff(sender) or domain == case.requester_domain
+    return sender in case.participants or (
+        domain == case.requester_domain and domain not in public_domains)
 
 
 @dataclass(frozen=True, slots=True)

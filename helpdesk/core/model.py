@@ -64,6 +64,9 @@ class InboundMessage:
     return_path: str | None = None  # None: no header; "": the null sender <>
     bounce: Bounce | None = None
     size: int = 0
+    # The trace headers, top down, as (lower-cased name, value): "received" and
+    # "authentication-results" only. Their order says which hop wrote what (core.trust).
+    trace: tuple[tuple[str, str], ...] = ()
 
     def header(self, name: str) -> str:
         """The first value of a header, or "" (names are case-insensitive)."""
@@ -95,6 +98,7 @@ class MailKind(StrEnum):
     REPLY = "reply"  # a participant's reply
     STAFF = "staff"  # a staff member's reply (relayed unless it holds only commands)
     MACHINE = "machine"  # auto-replies, bounces, list mail: stored, never answered
+    UNVERIFIED = "unverified"  # From a staff address, not verified: internal, never relayed
     # outbound
     ACK = "ack"
     RELAY = "relay"
@@ -113,3 +117,4 @@ class MailKind(StrEnum):
     STAFF_NOTICE = "staff_notice"
     LOGIN = "login"  # a sign-in link for the web portal, to the address that asked
     CASE_LIST = "case_list"  # the answer to `#cases`: the sender's open cases
+    UNVERIFIED_STAFF = "unverified_staff"  # to staff: a mail in a staff name was not verified

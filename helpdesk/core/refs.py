@@ -17,6 +17,8 @@ _PREFIX = re.compile(
     re.IGNORECASE,
 )
 _REPLY_ADDRESS = re.compile(r"^(?P<local>[^+@]+)\+(?P<ref>[A-Za-z]{1,6}-\d{6,})\.(?P<token>[a-z2-7]{8})@(?P<domain>.+)$")
+_STAFF_REPLY_ADDRESS = re.compile(
+    r"^(?P<local>[^+@]+)\+(?P<ref>[A-Za-z]{1,6}-\d{6,})\.s\.(?P<token>[a-z2-7]{16})@(?P<domain>.+)$")
 
 
 def format_ref(prefix: str, number: int) -> str:
@@ -81,3 +83,49 @@ def parse_reply_address(address: str) -> tuple[str, str, str] | None:
     if not m:
         return None
     return f"{m['local']}@{m['domain']}", m["ref"].upper(), m["token"]
+
+
+def staff_reply_token(secret: bytes, ref: str, staff_address: str) -> str:
+    """The token of one staff member's reply address for a case: keyed with their
+    address too, so it is a secret only the mail sent to them carries, and a reply to
+    it proves that they wrote it. Longer than a case's token: it grants #commands."""
+    message = f"staff:{ref}:{staff_address.lower()}".encode()
+    return base64.b32encode(hmac.new(secret, message, hashlib.sha256).digest()[:10]).decode().lower()
+
+
+def staff_reply_address(base_address: str, ref: str, token: str) -> str:
+    local, _, domain = base_address.partition("@")
+    return f"{local}+{ref}.s.{token}@{domain}"
+
+
+def parse_staff_reply_address(address: str) -> tuple[str, str, str] | None:
+    """``support+CC-000042.s.<16 chars>@x`` -> ``("support@x", "CC-000042", token)``."""
+    m = _STAFF_REPLY_ADDRESS.match(address.lower())
+    if not m:
+        return None
+    return f"{m['local']}@{m['domain']}", m["ref"].upper(), m["token"]
+
+
+def base_address(address: str) -> str:
+    """The support address a case's or a staff member's reply address stands for,
+    else the address itself."""
+    parsed = parse_reply_address(address) or parse_staff_reply_address(address)
+    return parsed[0] if parsed else address.lower()
+
+
+def message_id_mac(secret: bytes, unique: str) -> str:
+    """What makes one of our Message-IDs ours: a keyed hash of its unique part."""
+    digest = hmac.new(secret, f"message-id:{unique}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:10]).decode().lower()
+
+
+_OWN_MESSAGE_ID = re.compile(r"^helpdesk\.(?P<unique>[0-9a-f]{16})\.(?P<mac>[a-z2-7]{16})@(?P<domain>.+)$")
+
+
+def is_own_message_id(message_id: str, domain: str, secret: bytes) -> bool:
+    """Did we generate this Message-ID (``helpdesk.<unique>.<mac>@<our domain>``)?
+    Anyone who saw one of our mails can repeat it, but nobody can make up a new one."""
+    m = _OWN_MESSAGE_ID.match(message_id.lower())
+    if not m or m["domain"] != domain.lower():
+        return False
+    return hmac.compare_digest(m["mac"], message_id_mac(secret, m["unique"]))

@@ -22,8 +22,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from helpdesk.app import App
+from helpdesk.core.decide import Outcome as Disposition
 from helpdesk.core.decide import decide, support_addresses
 from helpdesk.core.model import InboundMessage
+from helpdesk.inbound.verify import sender_trust
 from helpdesk.mail.parsing import parse_message
 from helpdesk.store import cases
 from helpdesk.store.apply import apply_decision
@@ -46,7 +48,8 @@ class Outcome:
 
     @property
     def quarantined(self) -> bool:
-        return self.status == "quarantined"
+        """Kept in the quarantine: it failed, or it was held over a limit (``held``)."""
+        return self.status in ("quarantined", str(Disposition.HELD))
 
 
 def ingest_raw(app: App, raw: bytes, *, source: str, source_key: str | None = None,
@@ -93,13 +96,18 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         policy = app.policy
         secret = app.settings.helpdesk.secret
         key = cases.reply_secret(session, secret.get_secret_value() if secret else None)
-        context = cases.load_context(session, msg, policy, key)
+        trust = sender_trust(msg, policy, key, app.settings.trust.authserv_ids)
+        context = cases.load_context(session, msg, policy, key, now, trust)
         if _expire_candidates(session, app, context, now):
-            context = cases.load_context(session, msg, policy, key)
+            context = cases.load_context(session, msg, policy, key, now, trust)
         decision = decide(msg, context, policy)
         case = apply_decision(session, app, decision, msg, inbound.id, now)
         inbound.outcome = str(decision.outcome)
         inbound.case_id = case.id if case else None
+        if decision.outcome is Disposition.HELD:
+            # Over a limit: nothing was done or sent. Kept with the reason in the
+            # quarantine, where `helpdesk failed retry` takes it through again later.
+            inbound.status, inbound.error = "failed", "held: " + "; ".join(decision.reasons)
         log.info("%s inbound=%s mid=%s case=%s%s", str(decision.outcome).upper(), inbound.id,
                  msg.message_id, case.ref if case else "-",
                  f" reasons={list(decision.reasons)}" if decision.reasons else "")
@@ -170,10 +178,8 @@ def _expire_candidates(session: Session, app: App, context, now) -> bool:
     meets a closed case (and opens a new one) even if no sweep ran in between. A due
     reminder is left to the sweep: the reply may be the very answer it would ask for."""
     expired = False
-    for view in (context.candidates.by_message_id, context.candidates.by_reply_address,
-                 context.candidates.by_subject_tag):
-        if view is not None:
-            expired |= run_due_step(session, app, view.id, now, closing_only=True)
+    for view in context.candidates.views:
+        expired |= run_due_step(session, app, view.id, now, closing_only=True)
     return expired
 
 

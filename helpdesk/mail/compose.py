@@ -15,6 +15,8 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 
+from helpdesk.core.refs import message_id_mac
+
 LOOP_HEADER = "X-Helpdesk-Loop"
 
 
@@ -35,8 +37,12 @@ class Envelope:
     case_ref: str | None = None
 
 
-def new_message_id(domain: str) -> str:
-    return f"helpdesk.{secrets.token_hex(12)}@{domain}"
+def new_message_id(domain: str, secret: bytes) -> str:
+    """``helpdesk.<unique>.<mac>@<domain>``: the keyed hash lets us tell a reply naming
+    one of our mails from one naming a Message-ID somebody else made up
+    (``refs.is_own_message_id``)."""
+    unique = secrets.token_hex(8)
+    return f"helpdesk.{unique}.{message_id_mac(secret, unique)}@{domain}"
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")

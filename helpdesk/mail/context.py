@@ -35,7 +35,8 @@ CONTEXT: dict[str, str] = {
     "message.text": "its plain-text body (customer-supplied)",
     "message.date": "its date (`datetime`, or `None`)",
     "description": "the text of the case's first message (customer-supplied)",
-    "note": "staff note, resolution, not-completed reason or error text; `\"\"` when none",
+    "note": ("staff note, resolution, not-completed reason, error text, or why a staff mail "
+             "was not verified; `\"\"` when none"),
     "reminder": "for `reminder`: `number` (1-based), `total`, `closes_at`; else `None`",
     "reopen_days": "days the customer has to reply to reopen a resolved case",
     "old_case": "`{ref, subject}` of the closed case whose reply opened this one, or `None`",
@@ -137,9 +138,10 @@ _SAMPLE_STATUS = {
     "staff_notice": ("in_progress", "in_progress"),
     "login": ("open", "in_progress"),
     "case_list": ("open", "in_progress"),
+    "unverified_staff": ("in_progress", "in_progress"),
 }
 _SAMPLE_WITH_MESSAGE = {"ack", "relay", "reopened", "command_error", "duplicate", "too_large",
-                        "staff_notice", "status", "case_list"}
+                        "staff_notice", "status", "case_list", "unverified_staff"}
 
 
 def sample_context(
@@ -192,13 +194,14 @@ def sample_context(
         reopen_days=7,
     )
     if full or kind in ("solution", "not_completed", "closed_notice", "status", "manual_review",
-                        "staff_notice"):
+                        "staff_notice", "unverified_staff"):
         ctx["note"] = {
             "solution": "The availability cache was rebuilt;\nrequests answer normally again.",
             "not_completed": "The request was cancelled by the partner.",
             "manual_review": "Activation hook exited with status 3 after 12s:\n"
                              "search test failed: no availability returned",
             "staff_notice": "A participant replied to a case that waits on the customer.",
+            "unverified_staff": "mx.example.com reports dmarc=fail",
         }.get(kind, "We are waiting for the seller's test credentials.")
     if full or kind == "reminder":
         # the case entered `waiting` 3 days ago: first of two reminders, closes in 4 days

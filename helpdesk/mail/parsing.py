@@ -94,6 +94,7 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> Inbo
     if not headers:
         raise UnparseableMessage("no headers")
     raw_addresses = _raw_address_headers(msg)
+    trace = _trace(msg)
     sender_name, sender = _first_address(raw_addresses.get("from", ()))
     html = "\n".join(mail.text_html)
     text = "\n".join(mail.text_plain) or html_to_text(html)
@@ -124,6 +125,7 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> Inbo
         return_path=_return_path(headers),
         bounce=bounce,
         size=len(raw),
+        trace=trace,
     )
 
 
@@ -140,6 +142,16 @@ def _headers(msg: Message) -> dict[str, tuple[str, ...]]:
     for name, value in msg.items():
         headers.setdefault(name.lower(), []).append(_decode(value))
     return {k: tuple(v) for k, v in headers.items()}
+
+
+_TRACE_HEADERS = ("received", "authentication-results")
+
+
+def _trace(msg: Message) -> tuple[tuple[str, str], ...]:
+    """The Received and Authentication-Results headers top down, unfolded: their order
+    tells which hop added what (``helpdesk.core.trust``)."""
+    return tuple((name.lower(), " ".join(str(value).split())) for name, value in msg.items()
+                 if name.lower() in _TRACE_HEADERS)
 
 
 _ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "delivered-to", "x-original-to")

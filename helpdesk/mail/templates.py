@@ -47,7 +47,7 @@ BUILTIN_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 KINDS: tuple[str, ...] = (
     "ack", "relay", "reminder", "closure", "solution", "reopened", "closed_notice",
     "status", "command_error", "credentials", "manual_review", "duplicate",
-    "not_completed", "too_large", "staff_notice", "login", "case_list",
+    "not_completed", "too_large", "staff_notice", "login", "case_list", "unverified_staff",
 )
 PARTS: tuple[str, ...] = ("txt", "html")
 DEFAULT_DIR = "default"

@@ -20,7 +20,7 @@ from helpdesk.mail.context import build_context
 from helpdesk.mail.templates import DEFAULT_DIR
 from helpdesk.outbound.facts import Facts
 from helpdesk.policy import access_directory
-from helpdesk.outbound.queue import _within_limits
+from helpdesk.outbound.queue import _within_limits, secret_key
 from helpdesk.store import tokens
 from helpdesk.store.listing import CaseQuery, CaseRow, list_cases
 from helpdesk.store.orm import AutoMail, Outbox, WebToken
@@ -53,7 +53,7 @@ def queue_login(session: Session, app: App, address: str, now: datetime) -> bool
     envelope = compose.Envelope(
         from_address=settings.helpdesk.address.lower(), from_name=settings.helpdesk.name,
         to=(address,), subject=f"Your sign-in link for {settings.helpdesk.name}",
-        message_id=compose.new_message_id(settings.helpdesk.domain),
+        message_id=compose.new_message_id(settings.helpdesk.domain, secret_key(session, app)),
         auto_submitted="auto-generated", loop_value=settings.helpdesk.address.lower())
     context = build_context(helpdesk=_helpdesk(app), case=None, now=now, portal=portal)
     _add(session, app, DEFAULT_DIR, MailKind.LOGIN, envelope, context, now)
@@ -89,7 +89,7 @@ def queue_case_list(session: Session, app: App, msg: InboundMessage, now: dateti
     envelope = compose.Envelope(
         from_address=address, from_name=settings.helpdesk.name, to=(msg.sender,),
         subject=f"Re: {msg.subject}" if msg.subject.strip() else "Your open cases",
-        message_id=compose.new_message_id(settings.helpdesk.domain),
+        message_id=compose.new_message_id(settings.helpdesk.domain, secret_key(session, app)),
         in_reply_to=msg.message_id or None,
         references=compose.references_for(None, msg.message_id or None, msg.references),
         auto_submitted="auto-replied", loop_value=settings.helpdesk.address.lower())

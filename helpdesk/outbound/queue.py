@@ -4,25 +4,34 @@ This runs inside the transaction of whatever decided to send (an inbound mail,
 a timer, a command), so the mail and the change that caused it commit together
 or not at all; its body is rendered later, by the sender (``render``). Automatic mail is rate-limited here, per recipient and per case,
 counted in the database: the last line of defence against a mail loop.
+
+A mail goes out as one or more copies (``copies``): one for everyone, or, when only
+staff get it, one per staff member, each with that person's own staff reply address
+as Reply-To. Answering it is how a staff member proves who they are (SPEC, Trust).
+Mail caused by a mail from outside is also bounded in how many outside addresses it
+reaches (``RecipientBudget``, ``limits.recipients_per_mail``).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
+from helpdesk.core.amplification import admit, span
 from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.model import Direction, InboundMessage, MailKind
-from helpdesk.core.refs import reply_address, tagged_subject
+from helpdesk.core.refs import reply_address, staff_reply_address, staff_reply_token, tagged_subject
 from helpdesk.mail import compose
 from helpdesk.mail.context import build_context
 from helpdesk.outbound.facts import Facts
 from helpdesk.outbound.render import case_copy, render_mail, render_spec
 from helpdesk.store import tokens
+from helpdesk.store.cases import reply_secret
 from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox, WebToken
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,86 @@ class Extras:
     author: tuple[str, str] | None = None  # (address, name) of a relayed staff answer
 
 
+class RecipientBudget:
+    """The outside addresses the mails of one decision may still reach in all
+    (``core.amplification.admit``): one per inbound mail from outside."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counted: frozenset[str] = frozenset()
+
+    def admit(self, recipients: Iterable[str], is_staff: Callable[[str], bool]
+              ) -> tuple[list[str], list[str]]:
+        admitted, refused = admit(recipients, self.counted, self.limit, is_staff)
+        self.counted |= {a for a in admitted if not is_staff(a)}
+        return admitted, refused
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One copy of a mail: who gets it, where their answer goes, and the template
+    values that are theirs alone (``portal``: their own sign-in link)."""
+
+    to: tuple[str, ...]
+    reply_to: str | None
+    values: dict[str, Any]
+
+
+def copies(session: Session, app: App, case: Case, mail: Mail, recipients: list[str],
+           now: datetime, facts: Facts) -> list[Copy]:
+    """The copies one mail goes out as. All of them share its Message-ID: one mail,
+    personalised, as mailing lists do.
+
+    - Only staff of the case get it: one copy each, whose Reply-To is that member's own
+      staff reply address (a secret only that copy carries: an answer sent to it is
+      theirs; SPEC, Trust). Nobody sees another's address.
+    - The web portal is configured and it goes to the participants: one copy each,
+      whose ``portal.case_url`` signs that person in to this case.
+    - Otherwise one copy for everyone.
+    """
+    settings = app.settings
+    from_address = settings.categories[case.category].addresses[0].lower()
+    reply_to = (reply_address(from_address, case.ref, case.reply_token)
+                if settings.threading.reply_address else None)
+    portal = _plain_portal(app, case)
+    policy = app.policy
+    if reply_to and all(policy.is_staff_for(case.category, r) for r in recipients):
+        key = secret_key(session, app)
+        return [Copy((r,), staff_reply_address(from_address, case.ref,
+                                               staff_reply_token(key, case.ref, r)),
+                     {"portal": portal}) for r in recipients]
+    web = settings.web
+    if web is None or portal is None or mail.to is not Audience.PARTICIPANTS:
+        return [Copy(tuple(recipients), reply_to, {"portal": portal})]
+    personal = []
+    for address in recipients:
+        token, row = tokens.token_row("case", address, case.id, now, web.case_link_ttl)
+        facts.add(WebToken, **row)
+        personal.append(Copy((address,), reply_to, {"portal": {
+            **portal, "expires_at": row["expires_at"],
+            "case_url": f"{portal['case_url']}?t={token}"}}))
+    return personal
+
+
+def _plain_portal(app: App, case: Case) -> dict[str, Any] | None:
+    """The portal's links for anyone: the case page and the overview (None without web)."""
+    web = app.settings.web
+    if web is None:
+        return None
+    base = web.effective_base_url
+    return {"case_url": f"{base}/cases/{case.ref}", "login_url": "", "expires_at": None,
+            "cases_url": f"{base}/cases"}
+
+
+def secret_key(session: Session, app: App) -> bytes:
+    """The key of reply-address tokens and of our Message-IDs."""
+    secret = app.settings.helpdesk.secret
+    return reply_secret(session, secret.get_secret_value() if secret else None)
+
+
 def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime,
-               extras: Extras = Extras(), facts: Facts | None = None) -> bool:
+               extras: Extras = Extras(), facts: Facts | None = None,
+               budget: RecipientBudget | None = None) -> bool:
     """Queue one mail of ``case``; False when nobody is left to send it to.
 
     Without ``facts`` (a mail answering a message, a hook's mail) it is rendered now:
@@ -60,12 +147,20 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     ``facts`` (timer steps: a sweep's chunk, one case's due step) the rows are
     written without the body, which the sender renders when it first claims the row
     (``helpdesk.outbound.render``); a template broken by then makes that row dead.
+    With a ``budget`` (a mail from outside caused it), outside addresses past it get
+    nothing, and an event says who.
     """
     render_now = facts is None
     facts = facts or Facts(session)
     recipients = _recipients(app, case, mail.to, extras.message, facts)
     if mail.kind not in UNLIMITED_KINDS:
         recipients = _within_limits(session, app, case, mail.kind, recipients, now, facts)
+    if budget is not None:
+        recipients, refused = budget.admit(
+            recipients, lambda address: app.policy.is_staff_for(case.category, address))
+        if refused:
+            _limited(case, mail.kind, refused, f"{budget.limit} recipients per mail", now, facts,
+                     event="recipients_limit")
     if not recipients:
         return False
     settings = app.settings
@@ -82,11 +177,9 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
         from_name=f"{settings.helpdesk.name} ({category.label})",
         to=tuple(recipients),
         subject=tagged_subject(case.ref, case.subject),
-        message_id=compose.new_message_id(settings.helpdesk.domain),
+        message_id=compose.new_message_id(settings.helpdesk.domain, secret_key(session, app)),
         in_reply_to=parent,
         references=compose.references_for(first, parent),
-        reply_to=reply_address(from_address, case.ref, case.reply_token)
-        if settings.threading.reply_address else None,
         auto_submitted=None if mail.kind in HUMAN_KINDS else (
             "auto-replied" if mail.kind in AUTO_REPLIED_KINDS else "auto-generated"),
         loop_value=settings.helpdesk.address.lower(),
@@ -94,11 +187,13 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     )
     values = _values(mail, extras, settings.helpdesk.show_agent_address)
     body = None
-    for group, extra in _copies(app, case, mail, recipients, now, facts):
+    for copy in copies(session, app, case, mail, recipients, now, facts):
+        spec = render_spec(replace(envelope, to=copy.to, reply_to=copy.reply_to), mail,
+                           extras.message, {**values, **copy.values})
         outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": from_address,
-                  "recipients": list(group), "message_id": envelope.message_id, "raw": None,
-                  "render": render_spec(envelope, mail, extras.message, {**values, **extra}),
-                  "status": "queued", "attempts": 0, "next_attempt_at": now, "created_at": now}
+                  "recipients": list(copy.to), "message_id": envelope.message_id, "raw": None,
+                  "render": spec, "status": "queued", "attempts": 0, "next_attempt_at": now,
+                  "created_at": now}
         if render_now:
             row = Outbox(**outbox)
             rendered = render_mail(session, app, row)
@@ -119,42 +214,17 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     return True
 
 
-def _copies(app: App, case: Case, mail: Mail, recipients: list[str], now: datetime,
-            facts: Facts) -> list[tuple[list[str], dict[str, Any]]]:
-    """The outgoing copies of one mail: (recipients, template values of that copy).
-
-    One copy for everyone, unless the web portal is configured: then each participant
-    gets a copy of their own whose ``portal.case_url`` signs them in to this case (all
-    copies share one Message-ID: one mail, personalised, as mailing lists do). Staff
-    and everyone else get the plain case page.
-    """
-    web = app.settings.web
-    if web is None:
-        return [(recipients, {"portal": None})]
-    base = web.effective_base_url
-    plain = {"case_url": f"{base}/cases/{case.ref}", "login_url": "", "expires_at": None,
-             "cases_url": f"{base}/cases"}
-    if mail.to is not Audience.PARTICIPANTS:
-        return [(recipients, {"portal": plain})]
-    copies = []
-    for address in recipients:
-        token, row = tokens.token_row("case", address, case.id, now, web.case_link_ttl)
-        facts.add(WebToken, **row)
-        copies.append(([address], {"portal": {**plain, "expires_at": row["expires_at"],
-                                              "case_url": f"{plain['case_url']}?t={token}"}}))
-    return copies
-
-
 def _recipients(app: App, case: Case, audience: Audience, message: InboundMessage | None,
                 facts: Facts) -> list[str]:
-    policy_staff = app.settings.staff
     if audience is Audience.SENDER:
         return [message.sender] if message and message.sender else []
-    if audience is Audience.STAFF:
-        if case.assignee:
-            return [case.assignee]
+    if audience is Audience.STAFF and case.assignee and app.policy.is_staff_for(
+            case.category, case.assignee):  # an assignee no longer staff gets nothing more
+        return [case.assignee]
+    if audience in (Audience.STAFF, Audience.NOTIFY):
         notify = app.settings.categories[case.category].notify
-        return [a.lower() for a in notify] or [s for s in policy_staff if not s.startswith("@")]
+        return [a.lower() for a in notify] or [s for s in app.settings.staff
+                                               if not s.startswith("@")]
     return facts.participants(case.id)
 
 
@@ -170,12 +240,12 @@ def _within_limits(session: Session, app: App, case: Case | None, kind: MailKind
     limits = app.settings.limits
     for count, window in limits.auto_mail_per_case if case is not None else ():
         if facts.sent_for_case(case.id, now - window) >= count:
-            _limited(case, kind, recipients, f"{count} per {_span(window)} for this case", now,
+            _limited(case, kind, recipients, f"{count} per {span(window)} for this case", now,
                      facts)
             return []
     allowed = []
     for address in recipients:
-        over = next((f"{count} per {_span(window)} to {address}"
+        over = next((f"{count} per {span(window)} to {address}"
                      for count, window in limits.auto_mail_per_recipient
                      if facts.sent_to(address, now - window) >= count), None)
         if over:
@@ -186,20 +256,12 @@ def _within_limits(session: Session, app: App, case: Case | None, kind: MailKind
 
 
 def _limited(case: Case | None, kind: MailKind, recipients: list[str], limit: str,
-             now: datetime, facts: Facts) -> None:
-    log.warning("rate limit: not sending %s of case=%s to %s (%s)", kind,
+             now: datetime, facts: Facts, event: str = "rate_limited") -> None:
+    log.warning("%s: not sending %s of case=%s to %s (%s)", event, kind,
                 case.ref if case else "-", recipients, limit)
     if case is not None:
-        facts.add(Event, case_id=case.id, at=now, type="rate_limited",
+        facts.add(Event, case_id=case.id, at=now, type=event,
                   detail={"kind": str(kind), "recipients": recipients, "limit": limit})
-
-
-def _span(window: timedelta) -> str:
-    seconds = int(window.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _values(mail: Mail, extras: Extras, show_agent_address: bool) -> dict[str, Any]:
@@ -230,7 +292,7 @@ def queue_notice(session: Session, app: App, category: str, kind: MailKind,
     envelope = compose.Envelope(
         from_address=from_address, from_name=settings.helpdesk.name, to=tuple(recipients),
         subject=f"Re: {msg.subject}" if msg.subject else "Your message",
-        message_id=compose.new_message_id(settings.helpdesk.domain),
+        message_id=compose.new_message_id(settings.helpdesk.domain, secret_key(session, app)),
         in_reply_to=msg.message_id or None,
         references=compose.references_for(None, msg.message_id or None, msg.references),
         auto_submitted="auto-replied", loop_value=settings.helpdesk.address.lower())

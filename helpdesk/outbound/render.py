@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from helpdesk.app import App
 from helpdesk.core import lifecycle
+from helpdesk.core.amplification import excerpt
 from helpdesk.core.decide import Mail
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.model import Direction, InboundMessage
@@ -111,7 +112,9 @@ def _context(session: Session, app: App, case: Case, spec: dict[str, Any],
         helpdesk={"name": app.settings.helpdesk.name, "address": app.settings.helpdesk.address},
         case=_case_dict(session, app, case),
         message=msg,
-        description=first_text or (msg["text"] if msg else ""),
+        # A stranger's text in our mail to others: quoted, never in full (limits.quote_chars).
+        description=excerpt(first_text or (msg["text"] if msg else ""),
+                            app.settings.limits.quote_chars),
         note=spec["note"],
         reminder=spec.get("reminder"),
         reopen_days=max(1, math.ceil(app.settings.timers.resolved_close_after / timedelta(days=1))),

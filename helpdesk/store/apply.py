@@ -19,7 +19,7 @@ from helpdesk.core.lifecycle import Lifecycle, Transition
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_token
 from helpdesk.outbound.personal import queue_caseless
-from helpdesk.outbound.queue import Extras, queue_mail
+from helpdesk.outbound.queue import Extras, RecipientBudget, queue_mail
 from helpdesk.store import cases
 from helpdesk.store.orm import (
     Attachment,
@@ -61,10 +61,11 @@ def apply_decision(session: Session, app: App, decision: Decision, msg: InboundM
     if decision.bounce is not None:
         _mark_undeliverable(session, case, decision, now)
     extras = _extras(session, decision, msg)
+    budget = None if decision.recipient_limit is None else RecipientBudget(decision.recipient_limit)
     for mail in decision.mails:
         queue_mail(session, app, case, mail, now,
                    extras if mail.kind is not MailKind.DUPLICATE else
-                   Extras(message=msg, existing_case=case))
+                   Extras(message=msg, existing_case=case), budget=budget)
     if decision.run_activation:
         session.add(HookRun(case_id=case.id, attempt=1, status="pending"))
     case.updated_at = now
@@ -83,7 +84,8 @@ def _create_case(session: Session, app: App, decision: Decision, now: datetime) 
                 requester=new.requester, requester_name=new.requester_name,
                 requester_domain=new.requester.rpartition("@")[2], reply_token=reply_token(key, ref),
                 duplicate_key=new.duplicate_key, created_at=now, updated_at=now, status_since=now,
-                reminders_sent=0)
+                reminders_sent=0, opened_by=new.opened_by or new.requester,
+                opened_by_domain=(new.opened_by or new.requester).rpartition("@")[2])
     session.add(case)
     session.flush()
     _event(session, case, now, "created", {"category": new.category, "status": new.status,

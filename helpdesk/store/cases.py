@@ -5,14 +5,24 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.core.access import asks_for_case_list
+from helpdesk.core.amplification import OpenedCases
 from helpdesk.core.decide import Context, Policy, duplicate_key, route
 from helpdesk.core.matching import Candidates, CaseView
 from helpdesk.core.model import InboundMessage
-from helpdesk.core.refs import format_ref, parse_reply_address, reply_token, subject_tags
+from helpdesk.core.refs import (
+    format_ref,
+    is_own_message_id,
+    parse_reply_address,
+    parse_staff_reply_address,
+    reply_token,
+    staff_reply_token,
+    subject_tags,
+)
+from helpdesk.core.trust import UNVERIFIED, SenderTrust
 from helpdesk.store.orm import Case, CaseLink, KeyValue, Message, Participant, RefCounter
 
 OPEN_CONNECTION_STATUSES = ("in_progress", "pending_seller")
@@ -47,13 +57,52 @@ def case_of_message_ids(session: Session, message_ids: tuple[str, ...]) -> Case 
     return None
 
 
+def cases_of_thread(session: Session, message_ids: tuple[str, ...], domain: str,
+                    secret: bytes) -> tuple[Case | None, Case | None]:
+    """(the case one of our own Message-IDs names, the case one made by anyone else
+    names): each the most specific such id's. Ours are keyed (``is_own_message_id``)."""
+    if not message_ids:
+        return None, None
+    rows = session.execute(select(Message.message_id, Message.case_id)
+                           .where(Message.message_id.in_(message_ids[:50]))).all()
+    found = {mid: case_id for mid, case_id in rows}
+    named = [mid for mid in message_ids if mid in found]
+    own = next((mid for mid in named if is_own_message_id(mid, domain, secret)), None)
+    theirs = next((mid for mid in named if mid != own), None) if own is None else None
+    return (session.get(Case, found[own]) if own else None,
+            session.get(Case, found[theirs]) if theirs else None)
+
+
 def case_of_reply_address(session: Session, msg: InboundMessage, secret: bytes) -> Case | None:
+    """The case whose reply address the mail was sent to: the case's own (its token
+    keyed with the ref), or a staff member's (keyed with the sender's address too)."""
     for address in (*msg.envelope_recipients, *msg.to, *msg.cc):
         parsed = parse_reply_address(address)
         if parsed and parsed[2] == reply_token(secret, parsed[1]):
             if case := by_ref(session, parsed[1]):
                 return case
+        staff = parse_staff_reply_address(address)
+        if staff and staff[2] == staff_reply_token(secret, staff[1], msg.sender):
+            if case := by_ref(session, staff[1]):
+                return case
     return None
+
+
+def opened_cases(session: Session, sender: str, policy: Policy,
+                 now: datetime) -> tuple[OpenedCases, ...]:
+    """How many cases ``sender``, and its domain, opened in each new-case window; a public
+    mail domain's count is not asked for (it is never one sender)."""
+    domain = sender.rpartition("@")[2]
+    counted = []
+    for _, window in policy.new_cases_per_sender:
+        since = now - window
+        by_sender = session.scalar(select(func.count()).select_from(Case).where(
+            Case.opened_by == sender, Case.created_at > since)) or 0
+        by_domain = 0 if domain in policy.public_domains else session.scalar(
+            select(func.count()).select_from(Case).where(
+                Case.opened_by_domain == domain, Case.created_at > since)) or 0
+        counted.append(OpenedCases(window, by_sender, by_domain))
+    return tuple(counted)
 
 
 def case_of_subject(session: Session, subject: str) -> Case | None:
@@ -63,21 +112,28 @@ def case_of_subject(session: Session, subject: str) -> Case | None:
     return None
 
 
-def load_context(session: Session, msg: InboundMessage, policy: Policy, secret: bytes) -> Context:
+def load_context(session: Session, msg: InboundMessage, policy: Policy, secret: bytes,
+                 now: datetime | None = None, sender_trust: SenderTrust = UNVERIFIED) -> Context:
+    """Everything ``decide`` needs about this mail's cases. ``now`` counts the sender's
+    recent new cases (None: no mail that can open one, e.g. a web reply to a case);
+    ``sender_trust`` is what the caller verified of the sender."""
     def as_view(case: Case | None) -> CaseView | None:
         return view(session, case, policy) if case else None
 
+    own, theirs = cases_of_thread(session, msg.thread_ids, policy.hygiene.own_domain, secret)
     candidates = Candidates(
-        by_message_id=as_view(case_of_message_ids(session, msg.thread_ids)),
+        by_message_id=as_view(own),
         by_reply_address=as_view(case_of_reply_address(session, msg, secret)),
         by_subject_tag=as_view(case_of_subject(session, msg.subject)),
+        by_their_message_id=as_view(theirs),
     )
     bounced = None
     if msg.bounce is not None:
         original = msg.bounce.original_message_id
         bounced = as_view(case_of_message_ids(session, (original,) if original else ()))
         if bounced is None:  # a bounce that quotes only our subject line
-            bounced = candidates.by_message_id or candidates.by_subject_tag
+            bounced = (candidates.by_message_id or candidates.by_their_message_id
+                       or candidates.by_subject_tag)
     category = route(msg, policy)
     key = duplicate_key(msg, category)
     duplicate = None
@@ -88,6 +144,8 @@ def load_context(session: Session, msg: InboundMessage, policy: Policy, secret: 
                                Case.duplicate_key == key,
                                Case.status.in_(OPEN_CONNECTION_STATUSES)).limit(1))
     return Context(candidates=candidates, bounced_case=bounced, open_duplicate=as_view(duplicate),
+                   sender_trust=sender_trust,
+                   opened_cases=opened_cases(session, msg.sender, policy, now) if now else (),
                    sender_known=asks_for_case_list(msg.subject, msg.text)
                    and is_participant(session, msg.sender))
 

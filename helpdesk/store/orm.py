@@ -82,7 +82,9 @@ class RefCounter(Base):
 
 class Case(Base):
     __tablename__ = "case"
-    __table_args__ = (Index("ix_case_dup", "category", "requester_domain", "duplicate_key"),)
+    __table_args__ = (Index("ix_case_dup", "category", "requester_domain", "duplicate_key"),
+                      Index("ix_case_opened_by", "opened_by", "created_at"),
+                      Index("ix_case_opened_by_domain", "opened_by_domain", "created_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     ref: Mapped[str] = mapped_column(String(20), unique=True)
@@ -95,6 +97,10 @@ class Case(Base):
     reply_token: Mapped[str] = mapped_column(String(40))
     duplicate_key: Mapped[str | None] = mapped_column(String(300))
     assignee: Mapped[str | None] = mapped_column(String(320))
+    # Who wrote the mail that opened it (From; the requester may be its Reply-To), and
+    # that address's domain: what `limits.new_cases_per_sender` counts.
+    opened_by: Mapped[str | None] = mapped_column(String(320))
+    opened_by_domain: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(index=True)  # the portal sorts by these
     updated_at: Mapped[datetime] = mapped_column(index=True)
     status_since: Mapped[datetime]

@@ -19,6 +19,7 @@ from helpdesk.core.decide import (
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.matching import Candidates, CaseView, StaffDirectory
 from helpdesk.core.model import Bounce, BouncedRecipient, InboundMessage, MailKind
+from helpdesk.core.trust import SenderTrust
 
 CC = CategoryPolicy("customer_care", "CC", Lifecycle.customer_care, ("support@example.com",))
 CN = CategoryPolicy("connections", "CN", Lifecycle.connections, ("connections@example.com",),
@@ -57,6 +58,14 @@ def by_id(view: CaseView) -> Context:
 
 def by_tag(view: CaseView) -> Context:
     return Context(candidates=Candidates(by_subject_tag=view))
+
+
+VERIFIED = SenderTrust(True, "dmarc", "")
+
+
+def as_staff(view: CaseView) -> Context:
+    """A staff member's reply whose DMARC check our MTA reported as passed."""
+    return Context(candidates=Candidates(by_message_id=view), sender_trust=VERIFIED)
 
 
 def kinds(decision) -> list[tuple[MailKind, Audience]]:
@@ -139,7 +148,7 @@ def test_a_reply_to_a_closed_case_opens_a_new_linked_case():
 
 def test_staff_resolve_relays_the_text_without_the_command_line():
     d = decide(mail(sender="agent@example.com", text="#resolve Fixed it\n\nRestart the printer."),
-               by_id(case("in_progress")), POLICY)
+               as_staff(case("in_progress")), POLICY)
     assert d.outcome is Outcome.STAFF_REPLY and d.store_as is MailKind.STAFF
     assert [t.status for t in d.transitions] == ["resolved"]
     [solution] = [m for m in d.mails if m.kind is MailKind.SOLUTION]
@@ -148,15 +157,16 @@ def test_staff_resolve_relays_the_text_without_the_command_line():
 
 def test_an_illegal_or_unknown_command_is_answered_to_staff_and_changes_nothing():
     for text in ("#status delivered", "#frobnicate now"):
-        d = decide(mail(sender="agent@example.com", text=text), by_id(case("in_progress")), POLICY)
+        d = decide(mail(sender="agent@example.com", text=text), as_staff(case("in_progress")), POLICY)
         assert d.transitions == () and d.assign is None
         assert kinds(d) == [(MailKind.COMMAND_ERROR, Audience.SENDER)]
 
 
 def test_note_is_internal_and_assign_sets_the_assignee():
-    d = decide(mail(sender="agent@example.com", text="#note called them\n#assign bob@example.com"),
-               by_id(case("in_progress")), POLICY)
-    assert d.assign == "bob@example.com"
+    d = decide(mail(sender="agent@example.com",
+                    text="#note called them\n#assign bob@staff.example.com"),
+               as_staff(case("in_progress")), POLICY)
+    assert d.assign == "bob@staff.example.com"
     assert not [m for m in d.mails if m.to is Audience.PARTICIPANTS]
     assert any(type_ == "note" for type_, _ in d.events)
 

@@ -20,7 +20,7 @@ from helpdesk.mail.templates import (
 )
 
 CATEGORIES = ("customer_care", "billing", "connections")
-INBOUND = {MailKind.NEW, MailKind.REPLY, MailKind.STAFF, MailKind.MACHINE}
+INBOUND = {MailKind.NEW, MailKind.REPLY, MailKind.STAFF, MailKind.MACHINE, MailKind.UNVERIFIED}
 SCRIPT = "<script>alert('x')</script>"
 
 

@@ -22,7 +22,7 @@ from helpdesk.commands import set_status
 from helpdesk.hooks import ORPHAN_GRACE, run_pending_hooks, shutdown_hooks
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.store.orm import HookRun
-from tests.servers.helpdesk import START, make_mail
+from tests.servers.helpdesk import START, make_mail, staff_auth
 from tests.servers.smtp import free_port, wait_for
 
 ANA = "Ana Garcia <ana@customer.example>"
@@ -477,7 +477,7 @@ def test_staff_set_not_completed_with_a_reason(desk):
     desk.ingest(make_mail("agent@example.com", CONNECTIONS,
                           "Re: [CN-000001] New connection: Hotelbeds",
                           "#status not_completed the supplier does not support XML\n",
-                          in_reply_to=ack["Message-ID"]))
+                          in_reply_to=ack["Message-ID"], headers=staff_auth("agent@example.com")))
     assert desk.case("CN-000001")["status"] == "not_completed"
     assert any("the supplier does not support XML" in text_of(m)
                for m in desk.sent_to("ana@customer.example")[1:])

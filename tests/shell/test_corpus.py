@@ -39,7 +39,10 @@ def corpus() -> list[Path]:
     return files
 
 
-def test_cpython_email_corpus(desk):
+def test_cpython_email_corpus(desk_factory):
+    # Most of the corpus is one sender's (barry@python.org): the new-case limit would
+    # hold all but five of it. Here every message should be taken in.
+    desk = desk_factory(limits={"new_cases_per_sender": "1000/1h"})
     files = corpus()
     counts: Counter[str] = Counter()
     outcomes = {}

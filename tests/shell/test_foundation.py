@@ -15,7 +15,7 @@ import pytest
 
 from helpdesk.inbound.ingest import ingest_raw
 from helpdesk.outbound.deliver import deliver_all
-from tests.servers.helpdesk import make_mail, merge, base_config, write_config
+from tests.servers.helpdesk import base_config, make_mail, merge, staff_auth, write_config
 from tests.servers.smtp import free_port, wait_for
 
 ANA = "Ana Garcia <ana@customer.example>"
@@ -92,7 +92,7 @@ def test_new_cc_on_a_reply_becomes_participant_and_gets_the_next_mail(desk):
     desk.mta.handler.clear()
     desk.ingest(make_mail("Agent <agent@example.com>", "support@example.com",
                           "Re: [CC-000001] Printer on fire", "Please unplug it.\n",
-                          in_reply_to=ack["Message-ID"]))
+                          in_reply_to=ack["Message-ID"], headers=staff_auth("agent@example.com")))
     [relay] = [m for m in desk.sent() if m["Subject"].startswith("[CC-000001]")
                and "carl@customer.example" in m["To"]]
     assert "Please unplug it." in relay.get_body(("plain",)).get_content()
@@ -200,8 +200,8 @@ def test_daemon_refuses_an_out_of_date_schema(tmp_path):
 
 def test_references_are_unique_under_concurrent_writers(desk):
     def write(n: int) -> None:
-        for i in range(10):
-            ingest_raw(desk.app, make_mail(f"u{n}@c{n}.example", "support@example.com",
+        for i in range(10):  # ten senders each: one would be held past new_cases_per_sender
+            ingest_raw(desk.app, make_mail(f"u{n}@c{n}-{i}.example", "support@example.com",
                                            f"t{n}-{i}"), source="t")
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]

@@ -27,7 +27,7 @@ from helpdesk.commands import set_status
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.store.orm import Inbound
 from helpdesk.views import list_cases, list_failed
-from tests.servers.helpdesk import START, make_mail
+from tests.servers.helpdesk import START, make_mail, staff_auth
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ANA = "Ana Garcia <ana@customer.example>"
@@ -179,7 +179,10 @@ def test_our_own_ack_coming_back_is_not_answered(desk):
 # --- rate limits ---------------------------------------------------------------------------
 
 
-def test_a_sender_opening_case_after_case_gets_at_most_ten_acks_per_ten_minutes(desk):
+def test_a_sender_opening_case_after_case_gets_at_most_ten_acks_per_ten_minutes(desk_factory):
+    # The acknowledgement limit on its own: with the default new-case limit (5/1h, see
+    # test_trust_e2e) mails 6 to 15 would be held before any acknowledgement is counted.
+    desk = desk_factory(limits={"new_cases_per_sender": "100/1h"})
     for i in range(15):
         desk.ingest(make_mail("flood@spam.example", "support@example.com", f"Request number {i}",
                               f"Body {i}\n"))
@@ -290,7 +293,7 @@ def assert_bounce_recorded(desk, outcome, recipient: str, status: str, diagnosti
 def the_next_mail_skips(desk, ack: EmailMessage, recipient: str) -> None:
     desk.ingest(make_mail("Agent <agent@example.com>", "support@example.com",
                           "Re: [CC-000001] Printer on fire", "Please unplug it.\n",
-                          in_reply_to=ack["Message-ID"]))
+                          in_reply_to=ack["Message-ID"], headers=staff_auth("agent@example.com")))
     [relay] = desk.sent()
     assert "Please unplug it." in text_of(relay)
     recipients = desk.mta.handler.envelopes[0].rcpt_tos
@@ -621,7 +624,7 @@ def test_customer_html_never_reaches_other_participants_unsanitised(desk):
                           html=evil, in_reply_to=ack["Message-ID"]))
     desk.ingest(make_mail("Agent <agent@example.com>", "support@example.com",
                           "Re: [CC-000001] HTML only", "ok\n", html=f"<p>ok</p>{evil}",
-                          in_reply_to=ack["Message-ID"]))
+                          in_reply_to=ack["Message-ID"], headers=staff_auth("agent@example.com")))
     for sent in desk.sent():
         html = html_of(sent).lower()
         for bad in ("<script", "onerror", "javascript:", "<iframe", "steal()"):

@@ -338,7 +338,8 @@ def test_idle_picks_up_new_mail_within_two_seconds(server, request, make_app):
 
 
 def test_idle_loses_no_wakeup_under_a_stream_of_mail(dovecot, make_app):
-    app = make_app(dovecot.mailbox_config())
+    # one sender, 30 new cases: past the new-case limit, which would hold 25 of them
+    app = make_app(dovecot.mailbox_config(), new_cases_per_sender="100/1h")
     with Watcher(app):
         with dovecot.client() as client:
             for n in range(30):  # land at every point of the pass/IDLE cycle

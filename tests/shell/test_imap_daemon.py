@@ -131,7 +131,9 @@ def test_sigkill_at_random_points_loses_nothing_and_doubles_nothing(dovecot, des
     """200 messages (100 conversations of a new mail and a reply), the daemon
     SIGKILLed at random moments and restarted until the inbox is empty."""
     rng = random.Random(20261121)
-    desk = desk_factory(inbound={"imap": dovecot.mailbox_config(batch_size=20)})
+    # seven customer domains open 100 cases at once: past the new-case limit's default
+    desk = desk_factory(inbound={"imap": dovecot.mailbox_config(batch_size=20)},
+                        limits={"new_cases_per_sender": "1000/1h"})
     mails = []
     for n in range(100):
         mid = f"<conv{n}@customer{n % 7}.example>"

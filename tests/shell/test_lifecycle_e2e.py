@@ -519,14 +519,14 @@ def test_note_is_internal_and_recorded(desk):
 
 def test_assign_sets_the_assignee_who_then_gets_the_staff_notices(desk):
     ref = open_case(desk)
-    staff(desk, ref, "#assign Other@Example.com\n")
+    staff(desk, ref, "#assign Other@Staff.Example.com\n")  # staff: the @staff.example.com domain
     case = desk.case(ref)
-    assert case["assignee"] == "other@example.com"
+    assert case["assignee"] == "other@staff.example.com"
     assert [e["detail"]["to"] for e in case["events"] if e["type"] == "assigned"] == [
-        "other@example.com"]
+        "other@staff.example.com"]
     assert kinds(desk, ref) == ["ack"]
     write(desk, ref, ANA, "Any news?\n")
-    assert kinds(desk, ref, to="other@example.com") == ["staff_notice"]
+    assert kinds(desk, ref, to="other@staff.example.com") == ["staff_notice"]
 
 
 def test_waiting_with_a_question_relays_it(desk):

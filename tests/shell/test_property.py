@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from helpdesk.inbound.ingest import ingest_raw
 from helpdesk.store.orm import Inbound
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, staff_auth
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -36,7 +36,7 @@ def _seeds() -> list[bytes]:
         make_mail("Ana <ana@customer.example>", "support@example.com",
                   "Re: [CC-000001] Printer on fire", "Still burning.\n"),
         make_mail("agent@example.com", "support@example.com", "Re: [CC-000001] Printer",
-                  "#waiting\nPlease send a photo.\n"),
+                  "#waiting\nPlease send a photo.\n", headers=staff_auth("agent@example.com")),
         make_mail("Jürgen <j@kunde.example>", "billing@example.com", "Rechnung – Überprüfung",
                   "Grüße ✓\n", headers={"Auto-Submitted": "no"}),
     ]
@@ -103,7 +103,8 @@ def accounted(desk, source: str, key: str, raw: bytes) -> Inbound:
                                                    Inbound.source_key == key))
     assert row is not None, "input not recorded"
     assert row.status in ("done", "failed") and row.raw == raw
-    assert (row.status == "failed") == (row.outcome == "quarantined")
+    # failed: unreadable (quarantined), or a new case over limits.new_cases_per_sender (held)
+    assert (row.status == "failed") == (row.outcome in ("quarantined", "held"))
     if row.status == "failed":
         assert row.error
     return row
@@ -121,8 +122,10 @@ def test_mutated_and_random_mail_never_escapes_and_is_never_lost(desk, raw):
     assert row.id == outcome.inbound_id
     assert row.outcome == outcome.status or (outcome.quarantined and row.outcome == "quarantined")
     if outcome.quarantined:
-        # only mail we cannot read at all is quarantined; what we can read is processed
-        assert outcome.reason.startswith("UnparseableMessage"), outcome.reason
+        # only mail we cannot read at all is quarantined; what we can read is processed,
+        # or held: the same few senders open case after case here
+        assert outcome.reason.startswith(("UnparseableMessage", "new-cases-per-sender")), \
+            outcome.reason
 
 
 @settings(max_examples=40, deadline=None,
