@@ -64,6 +64,9 @@ class InboundMessage:
     return_path: str | None = None  # None: no header; "": the null sender <>
     bounce: Bounce | None = None
     size: int = 0
+    # What reading the mail left out or cut (address_rejected, header_cut, ...), as
+    # (type, detail) events for the case it ends up in.
+    parse_events: tuple[tuple[str, dict[str, object]], ...] = ()
 
     def header(self, name: str) -> str:
         """The first value of a header, or "" (names are case-insensitive)."""

@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from helpdesk.app import App
 from helpdesk.core.decide import decide, support_addresses
 from helpdesk.core.model import InboundMessage
-from helpdesk.mail.parsing import parse_message
+from helpdesk.mail.parsing import HeaderLimits, parse_message
 from helpdesk.store import cases
 from helpdesk.store.apply import apply_decision
 from helpdesk.store.orm import CaseAddress, Inbound, Message
@@ -76,7 +76,7 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         if known is not None:
             return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
         now = app.clock.now()
-        msg = parse_message(raw, envelope_recipients)
+        msg = parse_message(raw, envelope_recipients, header_limits(app))
         inbound = Inbound(source=source, source_key=source_key, received_at=now, raw=b"",
                           envelope_recipients=list(envelope_recipients), status="done")
         session.add(inbound)
@@ -100,11 +100,15 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         case = apply_decision(session, app, decision, msg, inbound.id, now)
         inbound.outcome = str(decision.outcome)
         inbound.case_id = case.id if case else None
+        if case is None and msg.parse_events:  # no case to hold them: keep them with the mail
+            inbound.error = "; ".join(f"{type_}: {detail}" for type_, detail in msg.parse_events)
         log.info("%s inbound=%s mid=%s case=%s%s", str(decision.outcome).upper(), inbound.id,
                  msg.message_id, case.ref if case else "-",
                  f" reasons={list(decision.reasons)}" if decision.reasons else "")
         outcome = Outcome(str(decision.outcome), inbound.id, case.ref if case else None,
                           "; ".join(decision.reasons))
+        for type_, detail in msg.parse_events:
+            log.warning("%s inbound=%s mid=%s %s", type_.upper(), inbound.id, msg.message_id, detail)
         del msg, decision, context, case  # the attachments are stored: let them go
         _store_raw(session, inbound, raw)
         return outcome
@@ -163,6 +167,11 @@ def _store_raw(session: Session, inbound: Inbound, raw: bytes) -> None:
         for start in range(0, len(view), _BLOB_CHUNK):
             blob.write(view[start:start + _BLOB_CHUNK])
     set_committed_value(inbound, "raw", raw)
+
+
+def header_limits(app: App) -> HeaderLimits:
+    limits = app.settings.limits
+    return HeaderLimits(header_chars=limits.header_chars, subject_chars=limits.subject_chars)
 
 
 def _expire_candidates(session: Session, app: App, context, now) -> bool:
@@ -248,7 +257,7 @@ def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = 
 
     source_key = source_key or hashlib.sha256(header_bytes).hexdigest()
     try:
-        msg = replace(parse_message(header_bytes), size=size)
+        msg = replace(parse_message(header_bytes, limits=header_limits(app)), size=size)
     except Exception:  # headers we cannot read: nobody to answer
         msg = None
         log.warning("oversized mail with unreadable headers; not answered")
