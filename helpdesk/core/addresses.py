@@ -21,7 +21,6 @@ or UTF-8 per RFC 6531) and a domain name. Anything else is not an address:
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 import idna
@@ -199,15 +198,3 @@ def ascii_address(address: str) -> str | None:
     if not local.isascii():
         return None
     return f"{local}@{domain if domain.isascii() else idna.encode(domain, uts46=True).decode()}"
-
-
-def shown(value: str, limit: int = 120) -> str:
-    """*value* safe to show in an event, a log line or a terminal: one line, every
-    control, format (bidi) or separator character written as an escape, and cut."""
-    out = []
-    for char in value[:limit]:
-        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            out.append(f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return "".join(out) + ("…" if len(value) > limit else "")

@@ -33,8 +33,9 @@ from html import unescape
 import mailparser
 import nh3
 
-from helpdesk.core.addresses import NotAnAddress, check_address, shown, split_mailboxes
+from helpdesk.core.addresses import NotAnAddress, check_address, split_mailboxes
 from helpdesk.core.model import Attachment, InboundMessage
+from helpdesk.core.text import display_name, one_line, shown, visible
 from helpdesk.mail.bounce import parse_bounce
 
 # No whitespace or control characters (a Message-ID goes into our own In-Reply-To and
@@ -254,7 +255,7 @@ def _headers(fields: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
 
 
 def _subject(value: str, subject_chars: int, events: _Events) -> str:
-    subject = _one_line(value)
+    subject = one_line(value)
     if len(subject) > subject_chars:
         events.add("header_cut", {"header": "subject", "chars": len(subject),
                                   "limit": subject_chars})
@@ -339,33 +340,6 @@ class _AddressReader:
     def _reject(self, header: str, written: str, reason: str) -> None:
         self._events.add("address_rejected", {"header": header, "value": shown(written),
                                               "reason": reason})
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-# Characters that change how text around them is shown, or show nothing at all:
-# controls, format characters (the bidi embeddings, overrides and isolates
-# U+202A-U+202E and U+2066-U+2069, marks, zero-width spaces, tag characters),
-# surrogates, and line and paragraph separators.
-_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-# Format characters that spell words: Persian, Indic scripts and emoji need them.
-_JOINERS = frozenset({"\u200c", "\u200d"})
-
-
-def visible(text: str) -> str:
-    """*text* without the characters of ``_INVISIBLE`` (joiners aside): what a file
-    name or a display name may hold, so that what is shown is what is there."""
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(c for c in text
-                   if c in _JOINERS or unicodedata.category(c) not in _INVISIBLE)
-
-
-def display_name(text: str) -> str:
-    """A display name made one harmless line."""
-    return _one_line(visible(" ".join(text.split())))
 
 
 def _msgids(text: str) -> list[str]:
