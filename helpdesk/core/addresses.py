@@ -56,7 +56,8 @@ class _Element:
         self.after: list[str] = []  # after ">": only comments and spaces belong here
         self.comments: list[str] = []
         self.angle = 0  # 0: no "<" yet, 1: inside <...>, 2: after ">"
-        self.problem = "in a group" if in_group else ""
+        self.in_group = in_group
+        self.problem = ""
 
     def fail(self, problem: str) -> None:
         self.problem = self.problem or problem
@@ -86,6 +87,8 @@ class _Element:
                 self.fail("a second @ outside the <address>")
         if "@" in comment:
             self.fail("a comment holding an address")
+        if self.in_group:
+            self.fail("in a group")
         return Mailbox(written.strip(), name, address, self.problem)
 
 

@@ -31,7 +31,7 @@ def one_line(text: str) -> str:
 
 def display_name(text: str) -> str:
     """A display name made one harmless line."""
-    return one_line(visible(text))
+    return " ".join(filter(None, (visible(word) for word in text.split())))
 
 
 def shown(value: str, limit: int = 120) -> str:

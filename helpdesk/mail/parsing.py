@@ -105,13 +105,16 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
                   limits: HeaderLimits = HeaderLimits()) -> InboundMessage:
     if not raw or raw.isspace():
         raise UnparseableMessage("empty message")
+    events = _Events()
     try:
-        mail = mailparser.MailParser(_message_from_bytes(_defused(raw)))
+        parsed = _message_from_bytes(_defused(raw))
+        _cut_headers(parsed, limits.header_chars, events)
+        mail = mailparser.MailParser(parsed)
     except Exception as exc:  # mail-parser raises a zoo of types on broken MIME
         raise UnparseableMessage(f"mail-parser: {type(exc).__name__}: {exc}") from exc
     msg: Message = mail.message
-    events = _Events()
-    fields = _fields(msg, limits.header_chars, events)
+    del parsed
+    fields = _fields(msg)
     if not fields:
         raise UnparseableMessage("no headers")
     headers = _headers(fields)
@@ -171,22 +174,37 @@ class _Events:
         return (*self._kept, *([("events_omitted", omitted)] if omitted else []))
 
 
-def _fields(msg: Message, header_chars: int, events: _Events) -> list[tuple[str, str]]:
-    """(lower-cased name, value) of every header: unfolded, raw 8-bit bytes read as
-    UTF-8 (RFC 6532), encoded-words still encoded, cut at *header_chars*."""
-    fields = []
-    for name, value in msg.raw_items():
-        text = _unfold(_eight_bit(str(value)))
-        if len(text) > header_chars:
-            events.add("header_cut", {"header": name.lower(), "chars": len(text),
-                                      "limit": header_chars})
-            text = text[:header_chars]
-            if name.lower() in _ADDRESS_HEADERS:
-                # An address cut in two may be another, valid one (ana@x.example.evil.org
-                # -> ana@x.example): the element the cut fell into goes as a whole.
-                text = text[:max(0, text.rfind(","))]
-        fields.append((name.lower(), text))
-    return fields
+def _cut_headers(msg: Message, header_chars: int, events: _Events) -> None:
+    """Cut every header field longer than *header_chars*, in the mail and in each MIME
+    part, before anything decodes them: the email package decodes encoded-words in
+    time quadratic in a header's length (and mail-parser and the bounce reader use it).
+
+    ``Message._headers`` is the parser's own list of (name, raw value) pairs; it is
+    rebuilt here because deleting and re-adding each field would be quadratic too.
+    """
+    for part in msg.walk():
+        if any(len(value) > header_chars for _, value in part._headers):
+            part._headers = [(name, _cut(name, value, header_chars, events))
+                             for name, value in part._headers]
+
+
+def _cut(name: str, value: str, header_chars: int, events: _Events) -> str:
+    if len(value) <= header_chars:
+        return value
+    events.add("header_cut", {"header": name.lower(), "chars": len(value),
+                              "limit": header_chars})
+    value = value[:header_chars]
+    if name.lower() in _ADDRESS_HEADERS:
+        # An address cut in two may be another, valid one (ana@x.example.evil.org ->
+        # ana@x.example): the element the cut fell into goes as a whole.
+        value = value[:max(0, value.rfind(","))]
+    return value
+
+
+def _fields(msg: Message) -> list[tuple[str, str]]:
+    """(lower-cased name, value) of every header of the mail: unfolded, raw 8-bit bytes
+    read as UTF-8 (RFC 6532), encoded-words still encoded."""
+    return [(name.lower(), _unfold(_eight_bit(str(value)))) for name, value in msg.raw_items()]
 
 
 def _eight_bit(value: str) -> str:
@@ -198,7 +216,9 @@ def _eight_bit(value: str) -> str:
     data = value.encode("utf-8", "surrogateescape")
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # cut in the middle of a character
+            return data[:exc.start].decode("utf-8")
         return data.decode("cp1252", "replace")
 
 
