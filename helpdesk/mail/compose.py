@@ -69,6 +69,11 @@ def _address(addr: str, name: str = "", *, utf8: bool) -> Address:
     return Address(display_name=one_line(display_name(name)), username=local, domain=domain)
 
 
+# A Message-ID as RFC 5322 section 3.6.4 has it, id-left "@" id-right. A mail that came
+# without one is known by its content hash ("sha256:..."), which is no Message-ID.
+_MSG_ID = re.compile(r"[^<>@\s\x00-\x1f\x7f]+@[^<>@\s\x00-\x1f\x7f]+")
+
+
 def needs_utf8(addresses: tuple[str, ...]) -> bool:
     """Whether a mail to and from *addresses* must have UTF-8 headers: only a UTF-8
     local part has no ASCII form (a UTF-8 domain has its A-label)."""
@@ -83,10 +88,10 @@ def build(envelope: Envelope, text: str, html: str, date: datetime) -> bytes:
     msg["Subject"] = one_line(envelope.subject)
     msg["Date"] = email.utils.format_datetime(date)
     msg["Message-ID"] = f"<{envelope.message_id}>"
-    if envelope.in_reply_to:
+    if envelope.in_reply_to and _MSG_ID.fullmatch(envelope.in_reply_to):
         msg["In-Reply-To"] = f"<{envelope.in_reply_to}>"
-    if envelope.references:
-        msg["References"] = " ".join(f"<{mid}>" for mid in envelope.references)
+    if references := [mid for mid in envelope.references if _MSG_ID.fullmatch(mid)]:
+        msg["References"] = " ".join(f"<{mid}>" for mid in references)
     if envelope.reply_to:
         msg["Reply-To"] = _address(envelope.reply_to, utf8=utf8)
     if envelope.auto_submitted:
