@@ -107,13 +107,11 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
         raise UnparseableMessage("empty message")
     events = _Events()
     try:
-        parsed = _message_from_bytes(_defused(raw))
-        _cut_headers(parsed, limits.header_chars, events)
-        mail = mailparser.MailParser(parsed)
+        msg = _message_from_bytes(_defused(raw))
+        _cut_headers(msg, limits.header_chars, events)
+        mail = mailparser.MailParser(msg)
     except Exception as exc:  # mail-parser raises a zoo of types on broken MIME
         raise UnparseableMessage(f"mail-parser: {type(exc).__name__}: {exc}") from exc
-    msg: Message = mail.message
-    del parsed
     fields = _fields(msg)
     if not fields:
         raise UnparseableMessage("no headers")
@@ -224,7 +222,7 @@ def _eight_bit(value: str) -> str:
 
 def _unfold(value: str) -> str:
     """RFC 5322 section 2.2.3: a folded header is one line again."""
-    return value.replace("\r", "").replace("\n", "") if "\n" in value or "\r" in value else value
+    return value.replace("\r", "").replace("\n", "")
 
 
 def _decode(value: str) -> str:
