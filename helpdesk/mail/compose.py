@@ -4,8 +4,8 @@ Headers are built by the email package's header classes (``Address``) from check
 values only: every address passes ``check_address`` again here, so a bug upstream
 fails the mail instead of sending it. Text from a customer becomes one harmless line
 (``one_line``, ``display_name``), so a subject like ``"Hi\\r\\nBcc: victim@x"``
-stays one line, and it is cut at ``MAX_TEXT_CHARS``: the email package folds a header
-in time quadratic in its length (a 1 MB subject took minutes).
+stays one line, and it is cut (``MAX_TEXT_CHARS``, ``MAX_NAME_CHARS``): the email
+package folds a header in time quadratic in its length (a 1 MB subject took minutes).
 
 A mail goes out in 7-bit headers, domains in IDNA (A-label) form, unless one of its
 addresses has a UTF-8 local part: then it is an RFC 6532 mail with UTF-8 headers,
@@ -50,9 +50,12 @@ def new_message_id(domain: str) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
-# More than any subject can be (``limits.subject_chars`` is at most 10,000, plus the
-# case tag), and little enough that folding it costs a fraction of a second.
-MAX_TEXT_CHARS = 12_000
+# The email package folds a header in time quadratic in its length, and a display name
+# of non-ASCII words costs about a millisecond a character: text is cut first. More
+# than any subject can be (``limits.subject_chars`` is at most 2,000, plus the tag),
+# more than any display name needs.
+MAX_TEXT_CHARS = 2_100
+MAX_NAME_CHARS = 100
 
 
 def one_line(text: str) -> str:
@@ -66,7 +69,8 @@ def _address(addr: str, name: str = "", *, utf8: bool) -> Address:
     """One element of an address header, from a checked address only."""
     check_address(addr)  # raises NotAnAddress: never write what is not one
     local, _, domain = (addr if utf8 else ascii_address(addr) or addr).rpartition("@")
-    return Address(display_name=one_line(display_name(name)), username=local, domain=domain)
+    name = one_line(display_name(name[:MAX_TEXT_CHARS])[:MAX_NAME_CHARS])
+    return Address(display_name=name, username=local, domain=domain)
 
 
 # A Message-ID as RFC 5322 section 3.6.4 has it, id-left "@" id-right. A mail that came
@@ -74,14 +78,14 @@ def _address(addr: str, name: str = "", *, utf8: bool) -> Address:
 _MSG_ID = re.compile(r"[^<>@\s\x00-\x1f\x7f]+@[^<>@\s\x00-\x1f\x7f]+")
 
 
-def needs_utf8(addresses: tuple[str, ...]) -> bool:
+def _needs_utf8(addresses: tuple[str, ...]) -> bool:
     """Whether a mail to and from *addresses* must have UTF-8 headers: only a UTF-8
     local part has no ASCII form (a UTF-8 domain has its A-label)."""
     return any(not address.rpartition("@")[0].isascii() for address in addresses)
 
 
 def build(envelope: Envelope, text: str, html: str, date: datetime) -> bytes:
-    utf8 = needs_utf8((envelope.from_address, *envelope.to, *filter(None, [envelope.reply_to])))
+    utf8 = _needs_utf8((envelope.from_address, *envelope.to, *filter(None, [envelope.reply_to])))
     msg = EmailMessage(policy=email.policy.SMTPUTF8 if utf8 else email.policy.SMTP)
     msg["From"] = _address(envelope.from_address, envelope.from_name, utf8=utf8)
     msg["To"] = [_address(a, utf8=utf8) for a in envelope.to]

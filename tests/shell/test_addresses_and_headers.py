@@ -296,7 +296,7 @@ def _subject(n: int) -> bytes:
 
 
 def _to(n: int) -> bytes:
-    many = ", ".join(f"user{i}@d{i}.example" for i in range(n // 25))
+    many = ", ".join(f"user{i}@d{i}.example" for i in range(n // 20))
     return raw_mail(("To", many.encode()))
 
 
@@ -314,10 +314,10 @@ def _unclosed_words(n: int) -> bytes:
 
 @pytest.mark.parametrize("header_chars", [16_000, 100_000], ids=["default", "highest"])
 @pytest.mark.parametrize("shape", [_subject, _to, _headers, _encoded_words, _unclosed_words],
-                         ids=["1MB-subject", "1MB-to-40000-addresses", "50000-headers",
+                         ids=["1MB-subject", "1MB-to-50000-addresses", "50000-headers",
                               "35000-encoded-words", "unclosed-words"])
 def test_a_mail_costs_time_linear_in_its_size(desk_factory, shape, header_chars):
-    desk = desk_factory(limits={"header_chars": header_chars, "subject_chars": 10_000})
+    desk = desk_factory(limits={"header_chars": header_chars, "subject_chars": 2_000})
     runs = iter(range(1_000))
 
     def seconds(size: int) -> float:
