@@ -100,7 +100,8 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         case = apply_decision(session, app, decision, msg, inbound.id, now)
         inbound.outcome = str(decision.outcome)
         inbound.case_id = case.id if case else None
-        if case is None and msg.parse_events:  # no case to hold them: keep them with the mail
+        if msg.parse_events and (case is None or decision.store_as is None):
+            # not stored on a case, whose events would hold them: keep them with the mail
             inbound.error = "; ".join(f"{type_}: {detail}" for type_, detail in msg.parse_events)
         log.info("%s inbound=%s mid=%s case=%s%s", str(decision.outcome).upper(), inbound.id,
                  msg.message_id, case.ref if case else "-",

@@ -42,8 +42,7 @@ class InboundHandler:
 
 def start_listener(app: App, host: str, port: int, on_stored: Any = None) -> Controller:
     controller = Controller(InboundHandler(app, on_stored), hostname=host, port=port,
-                            data_size_limit=app.settings.limits.max_message_size + 65536,
-                            enable_SMTPUTF8=True)  # customers with UTF-8 addresses (RFC 6531)
+                            data_size_limit=app.settings.limits.max_message_size + 65536)
     controller.start()
     log.info("SMTP listener on %s:%s", host, port)
     return controller
