@@ -26,7 +26,7 @@ from helpdesk.core.addresses import check_address
 from helpdesk.inbound.ingest import ingest_raw
 from helpdesk.inbound.smtp_listener import start_listener
 from helpdesk.outbound.deliver import deliver_all
-from helpdesk.store.orm import Inbound
+from helpdesk.store.orm import Inbound, Participant
 from tests.servers.smtp import free_port
 
 ANA = "ana@customer.example"
@@ -208,7 +208,6 @@ def test_raw_utf8_headers_round_trip_as_the_customer_wrote_them(desk, listener):
     assert ack["Subject"] == f"[CC-000001] {SUBJECT}"
     assert "\ufffd" not in json.dumps(case, ensure_ascii=False)
     with desk.app.sessions() as session:
-        from helpdesk.store.orm import Participant
         names = {p.address: p.name for p in session.scalars(select(Participant))}
     assert names[ANA] == "Ana García Müller"
 
