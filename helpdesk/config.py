@@ -206,8 +206,8 @@ class LimitsSection(_Section):
     recipients_per_mail: int = Field(default=10, ge=1)  # outgoing recipients per inbound mail
     new_cases_per_sender: list[Rate] = [(5, timedelta(hours=1))]  # per sender and per domain
     quote_chars: int = Field(default=4000, ge=0)  # of the description quoted in an ack
-    header_chars: int = Field(default=16000, ge=100)  # a longer header line is cut
-    subject_chars: int = Field(default=1000, ge=10)  # a longer subject is cut
+    header_chars: int = Field(default=16000, ge=100, le=100_000)  # a longer header line is cut
+    subject_chars: int = Field(default=1000, ge=10, le=2_000)  # a longer subject is cut
 
     @field_validator("new_cases_per_sender", mode="before")
     @classmethod

@@ -67,6 +67,9 @@ class InboundMessage:
     # The trace headers, top down, as (lower-cased name, value): "received" and
     # "authentication-results" only. Their order says which hop wrote what (core.trust).
     trace: tuple[tuple[str, str], ...] = ()
+    # What reading the mail left out or cut (address_rejected, header_cut, ...), as
+    # (type, detail) events for the case it ends up in.
+    parse_events: tuple[tuple[str, dict[str, object]], ...] = ()
 
     def header(self, name: str) -> str:
         """The first value of a header, or "" (names are case-insensitive)."""

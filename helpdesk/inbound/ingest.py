@@ -26,7 +26,7 @@ from helpdesk.core.decide import Outcome as Disposition
 from helpdesk.core.decide import decide, support_addresses
 from helpdesk.core.model import InboundMessage
 from helpdesk.inbound.verify import sender_trust
-from helpdesk.mail.parsing import parse_message
+from helpdesk.mail.parsing import HeaderLimits, parse_message
 from helpdesk.store import cases
 from helpdesk.store.apply import apply_decision
 from helpdesk.store.orm import CaseAddress, Inbound, Message
@@ -79,7 +79,7 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         if known is not None:
             return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
         now = app.clock.now()
-        msg = parse_message(raw, envelope_recipients)
+        msg = parse_message(raw, envelope_recipients, header_limits(app))
         inbound = Inbound(source=source, source_key=source_key, received_at=now, raw=b"",
                           envelope_recipients=list(envelope_recipients), status="done")
         session.add(inbound)
@@ -108,11 +108,16 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
             # Over a limit: nothing was done or sent. Kept with the reason in the
             # quarantine, where `helpdesk failed retry` takes it through again later.
             inbound.status, inbound.error = "failed", "held: " + "; ".join(decision.reasons)
+        elif msg.parse_events and (case is None or decision.store_as is None):
+            # not stored on a case, whose events would hold them: keep them with the mail
+            inbound.error = "; ".join(f"{type_}: {detail}" for type_, detail in msg.parse_events)
         log.info("%s inbound=%s mid=%s case=%s%s", str(decision.outcome).upper(), inbound.id,
                  msg.message_id, case.ref if case else "-",
                  f" reasons={list(decision.reasons)}" if decision.reasons else "")
         outcome = Outcome(str(decision.outcome), inbound.id, case.ref if case else None,
                           "; ".join(decision.reasons))
+        for type_, detail in msg.parse_events:
+            log.warning("%s inbound=%s mid=%s %s", type_.upper(), inbound.id, msg.message_id, detail)
         del msg, decision, context, case  # the attachments are stored: let them go
         _store_raw(session, inbound, raw)
         return outcome
@@ -171,6 +176,11 @@ def _store_raw(session: Session, inbound: Inbound, raw: bytes) -> None:
         for start in range(0, len(view), _BLOB_CHUNK):
             blob.write(view[start:start + _BLOB_CHUNK])
     set_committed_value(inbound, "raw", raw)
+
+
+def header_limits(app: App) -> HeaderLimits:
+    limits = app.settings.limits
+    return HeaderLimits(header_chars=limits.header_chars, subject_chars=limits.subject_chars)
 
 
 def _expire_candidates(session: Session, app: App, context, now) -> bool:
@@ -254,7 +264,7 @@ def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = 
 
     source_key = source_key or hashlib.sha256(header_bytes).hexdigest()
     try:
-        msg = replace(parse_message(header_bytes), size=size)
+        msg = replace(parse_message(header_bytes, limits=header_limits(app)), size=size)
     except Exception:  # headers we cannot read: nobody to answer
         msg = None
         log.warning("oversized mail with unreadable headers; not answered")

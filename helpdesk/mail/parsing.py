@@ -2,8 +2,15 @@
 
 Parsing starts from bytes, never from a decoded str, so 8-bit mail in legacy
 charsets reaches the MIME parser intact. Headers are decoded leniently (RFC 2047,
-unknown charsets replaced) because real mail breaks every rule; a message is only
-refused when it has no usable structure at all.
+raw UTF-8 per RFC 6532, unknown charsets replaced) because real mail breaks every
+rule; a message is only refused when it has no usable structure at all.
+
+Every header is written by someone who may be hostile (SPEC, Round 2: Trust). An
+address is kept only when ``helpdesk.core.addresses`` finds it one plain address,
+a header longer than ``limits.header_chars`` and a subject longer than
+``limits.subject_chars`` are cut, and what was left out or cut becomes an event
+for the mail's case (``InboundMessage.parse_events``). Each step is linear in the
+size of the mail.
 """
 from __future__ import annotations
 
@@ -16,21 +23,33 @@ import email.utils
 import hashlib
 import re
 import unicodedata
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
+from email.header import decode_header
 from email.message import Message
 from html import unescape
 
 import mailparser
 import nh3
 
+from helpdesk.core.addresses import NotAnAddress, check_address, split_mailboxes
 from helpdesk.core.model import Attachment, InboundMessage
+from helpdesk.core.text import display_name, one_line, shown, visible
 from helpdesk.mail.bounce import parse_bounce
 
 # No whitespace or control characters (a Message-ID goes into our own In-Reply-To and
 # References headers) and a sane length (the database column holds 998).
 _MSGID = re.compile(r"<([^<>\s\x00-\x1f\x7f]{1,900})>")
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    """``limits.header_chars`` and ``limits.subject_chars`` (their defaults here)."""
+
+    header_chars: int = 16_000  # a longer header field is cut (before it is decoded)
+    subject_chars: int = 1_000  # a longer subject is cut (after it is decoded)
 
 
 class UnparseableMessage(Exception):
@@ -82,20 +101,25 @@ def _defused(raw: bytes) -> bytes:
     return b"".join(lines)
 
 
-def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> InboundMessage:
+def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
+                  limits: HeaderLimits = HeaderLimits()) -> InboundMessage:
     if not raw or raw.isspace():
         raise UnparseableMessage("empty message")
+    events = _Events()
     try:
-        mail = mailparser.MailParser(_message_from_bytes(_defused(raw)))
+        msg = _message_from_bytes(_defused(raw))
+        _cut_headers(msg, limits.header_chars, events)
+        mail = mailparser.MailParser(msg)
     except Exception as exc:  # mail-parser raises a zoo of types on broken MIME
         raise UnparseableMessage(f"mail-parser: {type(exc).__name__}: {exc}") from exc
-    msg: Message = mail.message
-    headers = _headers(msg)
-    if not headers:
+    fields = _fields(msg)
+    if not fields:
         raise UnparseableMessage("no headers")
-    raw_addresses = _raw_address_headers(msg)
+    headers = _headers(fields)
+    addresses = _AddressReader(fields, events)
+    sender_name, sender = addresses.first("from")
+    addresses.read("sender")  # not used, but a bad one is worth knowing of
     trace = _trace(msg)
-    sender_name, sender = _first_address(raw_addresses.get("from", ()))
     html = "\n".join(mail.text_html)
     text = "\n".join(mail.text_plain) or html_to_text(html)
     bounce = parse_bounce(msg)
@@ -107,10 +131,10 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> Inbo
         content_hash=hashlib.sha256(raw).hexdigest(),
         sender=sender,
         sender_name=sender_name,
-        to=_addresses(raw_addresses.get("to", ())),
-        cc=_addresses(raw_addresses.get("cc", ())),
-        reply_to=_addresses(raw_addresses.get("reply-to", ())),
-        subject=_one_line(headers.get("subject", ("",))[0]),
+        to=addresses.read("to"),
+        cc=addresses.read("cc"),
+        reply_to=addresses.read("reply-to"),
+        subject=_subject(headers.get("subject", ("",))[0], limits.subject_chars, events),
         date=_date(headers.get("date", ("",))[0]),
         in_reply_to=tuple(_msgids(" ".join(headers.get("in-reply-to", ())))),
         references=tuple(_msgids(" ".join(headers.get("references", ())))),
@@ -119,28 +143,134 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = ()) -> Inbo
         attachments=attachments,
         headers=headers,
         envelope_recipients=tuple(dict.fromkeys(
-            [a.lower() for a in envelope_recipients]
-            + list(_addresses(raw_addresses.get("delivered-to", ())
-                              + raw_addresses.get("x-original-to", ()))))),
-        return_path=_return_path(headers),
+            (*addresses.checked("envelope", envelope_recipients),
+             *addresses.read("delivered-to"), *addresses.read("x-original-to")))),
+        return_path=addresses.return_path(),
         bounce=bounce,
         size=len(raw),
         trace=trace,
+        parse_events=events.recorded(),
     )
 
 
-def _decode(value: object) -> str:
-    text = str(value)
+class _Events:
+    """What reading a mail left out or cut, as events for its case: the first
+    ``KEPT`` of each type, and how many more there were (a mail with 50,000 bad
+    addresses must not become 50,000 rows)."""
+
+    KEPT = 10
+
+    def __init__(self) -> None:
+        self._kept: list[tuple[str, dict[str, object]]] = []
+        self._counts: Counter[str] = Counter()
+
+    def add(self, type_: str, detail: dict[str, object]) -> None:
+        self._counts[type_] += 1
+        if self._counts[type_] <= self.KEPT:
+            self._kept.append((type_, detail))
+
+    def recorded(self) -> tuple[tuple[str, dict[str, object]], ...]:
+        omitted = {t: n - self.KEPT for t, n in self._counts.items() if n > self.KEPT}
+        return (*self._kept, *([("events_omitted", omitted)] if omitted else []))
+
+
+def _cut_headers(msg: Message, header_chars: int, events: _Events) -> None:
+    """Cut every header field longer than *header_chars*, in the mail and in each MIME
+    part, before anything decodes them: the email package decodes encoded-words in
+    time quadratic in a header's length (and mail-parser and the bounce reader use it).
+
+    ``Message._headers`` is the parser's own list of (name, raw value) pairs; it is
+    rebuilt here because deleting and re-adding each field would be quadratic too.
+    """
+    for part in msg.walk():
+        if any(len(value) > header_chars for _, value in part._headers):
+            part._headers = [(name, _cut(name, value, header_chars, events))
+                             for name, value in part._headers]
+
+
+def _cut(name: str, value: str, header_chars: int, events: _Events) -> str:
+    if len(value) <= header_chars:
+        return value
+    events.add("header_cut", {"header": name.lower(), "chars": len(value),
+                              "limit": header_chars})
+    value = value[:header_chars]
+    if name.lower() in _ADDRESS_HEADERS:
+        # An address cut in two may be another, valid one (ana@x.example.evil.org ->
+        # ana@x.example): the element the cut fell into goes as a whole.
+        value = value[:max(0, value.rfind(","))]
+    return value
+
+
+def _fields(msg: Message) -> list[tuple[str, str]]:
+    """(lower-cased name, value) of every header of the mail: unfolded, raw 8-bit bytes
+    read as UTF-8 (RFC 6532), encoded-words still encoded."""
+    return [(name.lower(), _unfold(_eight_bit(str(value)))) for name, value in msg.raw_items()]
+
+
+def _eight_bit(value: str) -> str:
+    """A header value with the raw 8-bit bytes the parser kept as surrogates read as
+    UTF-8 (RFC 6532); bytes that are not UTF-8 are read as windows-1252, the legacy
+    charset of most such mail, so nothing becomes a replacement character."""
+    if value.isascii():
+        return value
+    data = value.encode("utf-8", "surrogateescape")
     try:
-        return str(make_header(decode_header(text)))
-    except (LookupError, UnicodeError, ValueError, email.errors.MessageError):  # CharsetError too
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # cut in the middle of a character
+            return data[:exc.start].decode("utf-8")
+        return data.decode("cp1252", "replace")
 
 
-def _headers(msg: Message) -> dict[str, tuple[str, ...]]:
+def _unfold(value: str) -> str:
+    """RFC 5322 section 2.2.3: a folded header is one line again."""
+    return value.replace("\r", "").replace("\n", "")
+
+
+def _decode(value: str) -> str:
+    """The text of a header: every encoded-word (RFC 2047) decoded, the rest as it is.
+
+    One word at a time (``email.header.decode_header`` turns the non-ASCII text of a
+    whole RFC 6532 header into escapes or an error), so a word that cannot be decoded
+    stays as it was written and costs the others nothing. Whitespace between two
+    encoded-words is dropped (RFC 2047 section 6.2).
+    """
+    if "=?" not in value:
+        return value
+    parts: list[str] = []
+    end, after_word = 0, False
+    for match in _ENCODED_WORD.finditer(value):
+        gap = value[end:match.start()]
+        word = _decode_word(match.group(0))
+        if not (after_word and word is not None and (not gap or gap.isspace())):
+            parts.append(gap)
+        parts.append(match.group(0) if word is None else word)
+        end, after_word = match.end(), word is not None
+    parts.append(value[end:])
+    return "".join(parts)
+
+
+def _decode_word(word: str) -> str | None:
+    try:
+        pieces = decode_header(word)
+    except (ValueError, email.errors.MessageError):  # bad base64, non-ASCII inside
+        return None
+    text = []
+    for data, charset in pieces:
+        if isinstance(data, str):
+            text.append(data)
+            continue
+        try:
+            text.append(data.decode((charset or "ascii").partition("*")[0], "replace"))
+        except (LookupError, ValueError):  # an unknown or broken charset name
+            text.append(data.decode("utf-8", "replace"))
+    return "".join(text)
+
+
+def _headers(fields: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
     headers: dict[str, list[str]] = {}
-    for name, value in msg.items():
-        headers.setdefault(name.lower(), []).append(_decode(value))
+    for name, value in fields:
+        headers.setdefault(name, []).append(_decode(value))
     return {k: tuple(v) for k, v in headers.items()}
 
 
@@ -154,72 +284,92 @@ def _trace(msg: Message) -> tuple[tuple[str, str], ...]:
                  if name.lower() in _TRACE_HEADERS)
 
 
-_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "delivered-to", "x-original-to")
+def _subject(value: str, subject_chars: int, events: _Events) -> str:
+    subject = one_line(value)
+    if len(subject) > subject_chars:
+        events.add("header_cut", {"header": "subject", "chars": len(subject),
+                                  "limit": subject_chars})
+        subject = subject[:subject_chars].rstrip()
+    return subject
 
 
-def _raw_address_headers(msg: Message) -> dict[str, tuple[str, ...]]:
-    """Address headers as received, encoded-words still encoded: addresses are parsed
-    first and display names decoded after (RFC 2047 section 5), so a display name like
-    ``=?utf-8?q?Ana=0D=0ABcc:_victim@evil.example?=`` can never smuggle in an address
-    (see ``_address_pairs``)."""
-    found: dict[str, list[str]] = {}
-    for name, value in msg.items():
-        if name.lower() in _ADDRESS_HEADERS:
-            found.setdefault(name.lower(), []).append(" ".join(str(value).split()))
-    return {k: tuple(v) for k, v in found.items()}
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
+_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender", "delivered-to", "x-original-to")
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[qQbB]\?.*?\?=")  # as lenient as email.header's
-_MASK = re.compile(r"hdew(\d+)x")
+_MASK = re.compile(r"hdew(\d{1,9})x")
 
 
-def _address_pairs(values: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(display name, addr-spec) pairs of raw address headers.
+class _AddressReader:
+    """The checked addresses of a mail's address headers; every element that is not
+    one plain address (``helpdesk.core.addresses``) is left out and recorded."""
 
-    Every encoded-word is masked as an opaque atom while the list is parsed, so whatever
-    it decodes to (commas, "@", ":", CR LF) can never become an address or a group; it
-    is put back afterwards, for ``_decode`` to turn into the display name.
-    """
-    pairs = []
-    for value in values:
-        words: list[str] = []
+    def __init__(self, fields: list[tuple[str, str]], events: _Events) -> None:
+        self._values: dict[str, list[str]] = {}
+        for name, value in fields:
+            if name in _ADDRESS_HEADERS or name == "return-path":
+                self._values.setdefault(name, []).append(" ".join(value.split()))
+        self._events = events
 
-        def mask(m: re.Match[str]) -> str:
-            words.append(m.group(0))
-            return f"hdew{len(words) - 1}x"
+    def read(self, header: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(address for _, address in self._mailboxes(header)))
 
-        def unmask(text: str) -> str:
-            return _MASK.sub(lambda m: words[int(m[1])] if int(m[1]) < len(words) else m[0],
-                             text)
+    def first(self, header: str) -> tuple[str, str]:
+        """(display name, address) of the first plain mailbox of *header*, or ("", "")."""
+        return next(iter(self._mailboxes(header)), ("", ""))
 
-        for name, addr in email.utils.getaddresses([_ENCODED_WORD.sub(mask, value)]):
-            pairs.append((unmask(name), unmask(addr)))
-    return pairs
+    def checked(self, header: str, addresses: tuple[str, ...]) -> list[str]:
+        """*addresses* that were given alone (an SMTP envelope), checked."""
+        found = []
+        for text in addresses:
+            try:
+                found.append(check_address(text))
+            except NotAnAddress as exc:
+                self._reject(header, text, str(exc))
+        return found
 
+    def return_path(self) -> str | None:
+        """None: no Return-Path; "": the null sender ``<>``; else the checked address
+        (None too, and recorded, when it is not one)."""
+        values = self._values.get("return-path")
+        if not values:
+            return None
+        if values[0].strip(" <>") == "":
+            return ""
+        return next(iter(self._mailboxes("return-path", values[:1])), ("", None))[1]
 
-def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
-    found: dict[str, None] = {}
-    for _name, addr in _address_pairs(values):
-        addr = addr.strip().lower()
-        if _usable(addr):
-            found.setdefault(addr, None)
-    return tuple(found)
+    def _mailboxes(self, header: str, values: list[str] | None = None) -> list[tuple[str, str]]:
+        """(display name, checked address) pairs of *header*.
 
+        Every encoded-word is masked as an opaque atom while the list is split, so
+        whatever it decodes to (commas, "@", ":", CR LF) can never become an address
+        or a group (RFC 2047 section 5); it is put back afterwards: in a display
+        name it is decoded, in an address it makes the element no address at all.
+        """
+        found = []
+        for value in self._values.get(header, []) if values is None else values:
+            words: list[str] = []
 
-def _first_address(values: tuple[str, ...]) -> tuple[str, str]:
-    for name, addr in _address_pairs(values):
-        if _usable(addr.strip()):
-            return _one_line(_decode(name)), addr.strip().lower()
-    return "", ""
+            def mask(m: re.Match[str]) -> str:
+                words.append(m.group(0))
+                return f"hdew{len(words) - 1}x"
 
+            def unmask(text: str) -> str:
+                return _MASK.sub(lambda m: words[int(m[1])] if int(m[1]) < len(words)
+                                 else m[0], text)
 
-def _usable(addr: str) -> bool:
-    """An address we may write to: it goes into our headers and SMTP envelopes."""
-    return "@" in addr and addr.isprintable() and not any(c.isspace() for c in addr)
+            for mailbox in split_mailboxes(_ENCODED_WORD.sub(mask, value)):
+                try:
+                    if mailbox.problem:
+                        raise NotAnAddress(mailbox.problem)
+                    address = check_address(unmask(mailbox.address))
+                except NotAnAddress as exc:
+                    self._reject(header, unmask(mailbox.written), str(exc))
+                    continue
+                found.append((display_name(_decode(unmask(mailbox.name))), address))
+        return found
+
+    def _reject(self, header: str, written: str, reason: str) -> None:
+        self._events.add("address_rejected", {"header": header, "value": shown(written),
+                                              "reason": reason})
 
 
 def _msgids(text: str) -> list[str]:
@@ -245,13 +395,6 @@ def _date(value: str) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def _return_path(headers: dict[str, tuple[str, ...]]) -> str | None:
-    if "return-path" not in headers:
-        return None
-    value = headers["return-path"][0].strip()
-    return value.strip("<>").strip().lower()
-
-
 _BLOCK_END = re.compile(r"(?i)</(p|div|li|tr|h[1-6])>|<br\s*/?>")
 
 
@@ -265,8 +408,9 @@ def html_to_text(html: str) -> str:
 
 
 def sanitise_filename(name: str) -> str:
-    """A file name safe to show and to offer for download: no path, no controls."""
-    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
+    """A file name safe to show and to offer for download: no path, no controls, and
+    no bidi override (``invoice<U+202E>fdp.exe`` is shown as ``invoiceexe.pdf``)."""
+    name = visible(unicodedata.normalize("NFC", name)).replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE_FILENAME.sub("_", name).strip(" .")
     return name[:200] or "attachment"
 

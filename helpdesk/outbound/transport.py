@@ -4,9 +4,10 @@ A transport only moves bytes and reports what happened, in three kinds:
 
 - ``send()`` returns: the server took the message; the returned dict names the
   recipients it refused, ``{address: (code, reply)}`` (4xx and 5xx alike; an
-  empty dict when every recipient was accepted).
+  empty dict when every recipient was accepted). A recipient that this server cannot
+  carry at all (a UTF-8 local part, and no SMTPUTF8) is reported there too, as a 553.
 - ``DeliveryError(permanent=True)``: the server refused *this message* for good
-  (5xx at MAIL FROM or DATA, an address it cannot carry). Nothing was delivered.
+  (5xx at MAIL FROM or DATA, a sender address it cannot carry). Nothing was delivered.
 - ``DeliveryError(permanent=False)``: try this message again later (4xx, an
   ambiguous disconnect). ``ConnectionFailure`` is the kind that concerns the
   whole server (refused, timeout, TLS or login failure): the caller should stop
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from helpdesk.config import Settings, SmtpSection
+from helpdesk.core.addresses import ascii_address
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +138,23 @@ class SmtpTransport:
 
     def send(self, mail_from: str, recipients: Sequence[str], raw: bytes) -> Refused:
         smtp = self._connection()
+        utf8 = smtp.has_extn("smtputf8")
+        if not utf8 and not mail_from.isascii():
+            raise DeliveryError(f"{self.address} does not offer SMTPUTF8, needed for the "
+                                f"non-ASCII sender address {mail_from}", permanent=True)
+        sent_as, refused = self._envelope(recipients, utf8)
+        if not sent_as:
+            return refused
         options = []
-        if any(not a.isascii() for a in (mail_from, *recipients)):
-            if not smtp.has_extn("smtputf8"):
-                raise DeliveryError(f"{self.address} does not offer SMTPUTF8, needed for "
-                                    "a non-ASCII address", permanent=True)
+        if utf8 and not (mail_from.isascii() and raw.isascii() and all(map(str.isascii, sent_as))):
             options.append("SMTPUTF8")
         if not raw.isascii() and smtp.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         try:
-            refused = smtp.sendmail(mail_from, list(recipients), raw, mail_options=options)
+            server_refused = smtp.sendmail(mail_from, list(sent_as), raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             # Every recipient refused: nothing was sent; report them like a partial refusal.
-            return {addr: (code, _reply(code, msg)) for addr, (code, msg) in exc.recipients.items()}
+            server_refused = exc.recipients
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             reply = _reply(exc.smtp_code, exc.smtp_error)
             if exc.smtp_code == 421:  # the server is closing the connection
@@ -162,7 +168,28 @@ class SmtpTransport:
         except UnicodeError as exc:
             self.close()  # may have failed half-way through a transaction
             raise DeliveryError(f"cannot encode for SMTP: {exc}", permanent=True) from None
-        return {addr: (code, _reply(code, msg)) for addr, (code, msg) in refused.items()}
+        refused.update({sent_as[addr]: (code, _reply(code, msg))
+                        for addr, (code, msg) in server_refused.items()})
+        return refused
+
+    def _envelope(self, recipients: Sequence[str], utf8: bool) -> tuple[dict[str, str], Refused]:
+        """({address as sent in RCPT: address as given}, recipients refused here).
+
+        With SMTPUTF8 every address goes as it is. Without it a UTF-8 domain goes in
+        its IDNA (A-label) form, and a UTF-8 local part, which has no ASCII form, is
+        refused for good (553 5.6.7, RFC 6531 section 3.7.4.1), like a refusal by the
+        server: the sender records it and marks the address undeliverable.
+        """
+        sent_as: dict[str, str] = {}
+        refused: Refused = {}
+        for address in recipients:
+            wire = address if utf8 or address.isascii() else ascii_address(address)
+            if wire is None:
+                refused[address] = (553, f"553 5.6.7 {self.address} does not offer SMTPUTF8, "
+                                         "which an address with non-ASCII before the @ needs")
+            else:
+                sent_as[wire] = address
+        return sent_as, refused
 
     def close(self) -> None:
         smtp, self._smtp = self._smtp, None

@@ -121,6 +121,8 @@ def store_message(session: Session, app: App, case: Case, msg: InboundMessage, k
                   text=msg.text, html=msg.html, inbound_id=inbound_id)
     session.add(row)
     session.flush()
+    for type_, detail in msg.parse_events:  # what reading it left out or cut
+        _event(session, case, now, type_, dict(detail))
     limit = app.settings.limits.max_attachment_size
     for attachment in msg.attachments:
         if len(attachment.data) > limit:
