@@ -86,6 +86,10 @@ class HelpdeskSection(_Section):
 
 class DatabaseSection(_Section):
     url: str = "sqlite:///../var/helpdesk.db"
+    # How long a write waits for another's lock (or for a connection) before giving up:
+    # `ingest` then exits 75 and the SMTP listener answers 451, so the mail waits at
+    # its sender instead of an MTA pipe hanging.
+    lock_timeout: Duration = timedelta(seconds=30)
 
 
 class ImapMailbox(_Section):

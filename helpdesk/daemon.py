@@ -37,7 +37,8 @@ def run_sender(app: App, stop: threading.Event, wake: threading.Event) -> None:
         wake.clear()
         try:
             result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                              lease=claim_lease(app.settings), render=outbox_renderer(app))
+                              lease=claim_lease(app.settings), render=outbox_renderer(app),
+                              reads=app.reads)
             busy = (result.sent or result.retried) and not result.error
         except Exception:
             log.exception("outbox pass failed")

@@ -59,12 +59,12 @@ def list_cases(app: App, *, status: str | None = None, category: str | None = No
     if company:
         query = query.where(Case.requester_domain == company.lower().lstrip("@"))
     query = query.order_by(_SORT[sort], Case.id)
-    with app.sessions() as session:
+    with app.reads() as session:
         return [_case_summary(session, app, c) for c in session.scalars(query)]
 
 
 def show_case(app: App, ref: str) -> dict[str, Any] | None:
-    with app.sessions() as session:
+    with app.reads() as session:
         case = cases.by_ref(session, ref)
         if case is None:
             return None
@@ -110,7 +110,7 @@ def render_case_text(case: dict[str, Any]) -> str:
 
 
 def list_failed(app: App) -> list[dict[str, Any]]:
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = session.scalars(select(Inbound).where(Inbound.status == "failed")
                                .order_by(Inbound.id)).all()
         return [{"id": r.id, "source": r.source, "received_at": _iso(r.received_at),
