@@ -95,8 +95,7 @@ def run_daemon(app: App) -> int:
     listener = None
     if app.settings.inbound.smtp_listener:
         from helpdesk.inbound.smtp_listener import start_listener
-        conf = app.settings.inbound.smtp_listener
-        listener = start_listener(app, conf.host, conf.port, on_stored=wake_sender.set)
+        listener = start_listener(app, on_stored=wake_sender.set)
     for thread in threads:
         thread.daemon = True
         thread.start()
