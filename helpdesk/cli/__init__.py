@@ -36,7 +36,24 @@ def config_error(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def open_app(ctx: click.Context, *, check_schema: bool = True,
+def load_app(ctx: click.Context, *, strict_secrets: bool = False) -> App:
+    """The App of the config the command line names (exit 2 on a config error; see
+    ``load_settings`` for ``strict_secrets``); the caller closes it."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from helpdesk.app import App
+    from helpdesk.config import ConfigError, load_settings
+
+    try:
+        return App.from_settings(load_settings(ctx.obj["config"], strict_secrets=strict_secrets))
+    except ConfigError as exc:
+        config_error(str(exc))
+    except (ArgumentError, NoSuchModuleError):  # their messages quote the URL
+        config_error("database.url: not a database URL we can use "
+                     "(e.g. sqlite:///../var/helpdesk.db, postgresql+psycopg://...)")
+
+
+def open_app(ctx: click.Context, *, check_schema: bool = True, strict_secrets: bool = False,
              unavailable_exit: int = 1) -> App:
     """The App of the config the command line names; closed when the command ends.
 
@@ -44,24 +61,14 @@ def open_app(ctx: click.Context, *, check_schema: bool = True,
     upgraded) the command exits ``unavailable_exit``: 1 like any runtime failure, 75
     for ``ingest``, so that an MTA keeps the mail and tries again.
     """
-    from sqlalchemy.exc import ArgumentError
-
-    from helpdesk.app import App
-    from helpdesk.config import ConfigError
     from helpdesk.store import db
 
     def unavailable(reason: str) -> NoReturn:
         click.echo(f"Error: {reason}", err=True)
         sys.exit(unavailable_exit)
 
-    path = ctx.obj["config"]
     try:
-        app = App.from_config(path)
-    except ConfigError as exc:
-        config_error(str(exc))
-    except ArgumentError:  # its message quotes the URL, password and all
-        config_error("database.url: not a database URL "
-                     "(e.g. sqlite:///../var/helpdesk.db, postgresql+psycopg://...)")
+        app = load_app(ctx, strict_secrets=strict_secrets)
     except OSError as exc:  # making the SQLite file or its folder
         if not db.is_storage_trouble(exc):
             raise

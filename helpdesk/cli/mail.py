@@ -122,5 +122,5 @@ def run(ctx: click.Context) -> None:
     """The daemon: inbound (IMAP and/or SMTP listener), outbox sender, scheduler.
     Stops cleanly on SIGTERM/SIGINT; a second signal exits at once."""
     from helpdesk.daemon import run_daemon
-    app = open_app(ctx)
+    app = open_app(ctx, strict_secrets=True)
     sys.exit(run_daemon(app))
