@@ -7,8 +7,11 @@ the probes only note:
 
 - ``first_fetch``: ``time.monotonic()`` when the first IMAP FETCH command is sent
   (the same clock as the MTA's acknowledgements in the parent process);
-- ``idle_rss``: the resident set just before the first FETCH (or the first
-  ``ingest_raw`` when there is no IMAP), i.e. the started, connected, idle process;
+- ``first_ingest``: ``time.monotonic()`` when ``helpdesk ingest`` starts reading its
+  first mail;
+- ``idle_rss``: the resident set just before the first FETCH (or, without IMAP, before
+  ``helpdesk ingest`` reads its first mail or the first ``ingest_raw``), i.e. the
+  started, connected, idle process;
 - ``hwm``: the peak resident set of the whole run;
 - ``fetch_hwm``: the peak resident set up to the end of ``fetch_all`` (the IMAP pass);
 - ``deliver_start_rss`` and ``deliver_hwm``: the resident set when ``deliver_all`` starts
@@ -92,6 +95,17 @@ def main() -> None:
             facts["ingested"] += 1
 
     ingest.ingest_raw = ingest_raw  # type: ignore[assignment]
+
+    from helpdesk.inbound import bounded
+
+    original_read_mail = bounded.read_mail
+
+    def read_mail(*a: Any, **kw: Any) -> Any:  # `helpdesk ingest`: before it reads a mail
+        mark_idle()
+        facts.setdefault("first_ingest", time.monotonic())
+        return original_read_mail(*a, **kw)
+
+    bounded.read_mail = read_mail  # type: ignore[assignment]
 
     from helpdesk.inbound import imap as imap_module
     from helpdesk.outbound import deliver as deliver_module

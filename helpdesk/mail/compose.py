@@ -62,7 +62,7 @@ def build(envelope: Envelope, text: str, html: str, date: datetime) -> bytes:
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = _address(envelope.from_address, envelope.from_name)
     msg["To"] = [_address(a) for a in envelope.to]
-    msg["Subject"] = one_line(envelope.subject)[:MAX_HEADER_TEXT]
+    msg["Subject"] = one_line(envelope.subject[:4 * MAX_HEADER_TEXT])[:MAX_HEADER_TEXT]
     msg["Date"] = email.utils.format_datetime(date)
     msg["Message-ID"] = f"<{envelope.message_id}>"
     if envelope.in_reply_to:
