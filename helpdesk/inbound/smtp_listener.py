@@ -48,12 +48,11 @@ def _peer(session: Any) -> str:
 
 
 class InboundHandler:
-    def __init__(self, app: App, on_stored: Any = None) -> None:
+    def __init__(self, app: App, max_recipients: int, on_stored: Any = None) -> None:
         self._app = app
+        self._max_recipients = max_recipients
         self._on_stored = on_stored or (lambda: None)
         self._ours = app.settings.own_addresses
-        listener = app.settings.inbound.smtp_listener
-        self._max_recipients = listener.max_recipients if listener else 100
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
@@ -105,9 +104,10 @@ class _Sessions:
 class BoundedSMTP(SMTP):
     """aiosmtpd's SMTP with a session limit and an idle timeout that says why.
 
-    It overrides two of aiosmtpd 1.4's private methods (``_timeout_cb`` and, through
-    it, ``_reset_timeout``); its public ``timeout`` is a per-command timer that also
-    fired in the middle of a long DATA and closed the connection without a word.
+    The idle timer is aiosmtpd 1.4's own (``timeout``), driven through its private
+    ``_reset_timeout``/``_timeout_cb`` (pinned in pyproject.toml): as it comes, only a
+    complete command resets it, so it fired in the middle of a long DATA (or while
+    we stored the mail) and closed the connection without a word.
     """
 
     def __init__(self, handler: Any, *, sessions: _Sessions, **kwargs: Any) -> None:
@@ -169,7 +169,8 @@ class Listener(Controller):
     def __init__(self, app: App, on_stored: Any = None) -> None:
         conf = app.settings.inbound.smtp_listener
         assert conf is not None
-        super().__init__(InboundHandler(app, on_stored), hostname=conf.host, port=conf.port,
+        super().__init__(InboundHandler(app, conf.max_recipients, on_stored),
+                         hostname=conf.host, port=conf.port,
                          server_hostname=app.settings.helpdesk.domain,
                          data_size_limit=app.settings.limits.max_message_size,
                          timeout=conf.idle_timeout.total_seconds())
@@ -182,7 +183,11 @@ class Listener(Controller):
     def start(self) -> None:
         for name in FLOODED_LOGGERS:
             logging.getLogger(name).addFilter(self._flood)
-        super().start()
+        try:
+            super().start()
+        except BaseException:
+            self._remove_filters()
+            raise
         self.loop.call_soon_threadsafe(self._flush_floods)
 
     def _flush_floods(self) -> None:
@@ -192,6 +197,9 @@ class Listener(Controller):
     def stop(self, no_assert: bool = False) -> None:
         super().stop(no_assert)
         self._flood.flush(everything=True)  # what was held back, before the log goes quiet
+        self._remove_filters()
+
+    def _remove_filters(self) -> None:
         for name in FLOODED_LOGGERS:
             logging.getLogger(name).removeFilter(self._flood)
 
