@@ -105,12 +105,12 @@ def is_storage_trouble(exc: BaseException) -> bool:
     """Whether *exc* means the database (or the disk under it) could not take a write
     just now, for a reason that may pass: unreachable, locked past ``lock_timeout``,
     full. The caller keeps the work and tries again later."""
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError
-                  | sa_exc.DisconnectionError | sqlite3.OperationalError):
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError | sa_exc.DisconnectionError
+                  | sqlite3.OperationalError):  # the last: from a blob handle, unwrapped
         return True
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        return True
-    return False
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True  # the connection broke (whatever the driver calls it)
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
