@@ -27,7 +27,7 @@ README = HERE / "README.md"
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 SEED = 20261102
 FLAT = 1.25  # "flat": the largest size costs at most 25% more per item than the smallest
-NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep", "web")
+NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep", "web", "bounded")
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,20 @@ class Sizes:
     sweep_small: tuple[int, int]
     web: tuple[int, ...]  # cases stored
     web_requests: int  # per page
+    bounded_subjects: tuple[int, ...]  # Subject lengths in bytes
+    bounded_max: int  # limits.max_message_size of the bounded-work runs
 
 
 FULL = Sizes(ingest=(1000, 10_000), profile=500, large=24_900_000, latency=100,
              scaling=(1000, 10_000, 100_000), scaling_messages=500,
              sweep=(1_000_000, 1000), sweep_small=(10_000, 1000),
-             web=(1000, 100_000), web_requests=100)
+             web=(1000, 100_000), web_requests=100,
+             bounded_subjects=(250_000, 500_000, 1_000_000), bounded_max=25_000_000)
 QUICK = Sizes(ingest=(50, 100), profile=30, large=5_000_000, latency=8,
               scaling=(500, 2000), scaling_messages=40,
               sweep=(20_000, 40), sweep_small=(1000, 40),
-              web=(200, 2000), web_requests=10)
+              web=(200, 2000), web_requests=10,
+              bounded_subjects=(100_000, 200_000, 400_000), bounded_max=4_000_000)
 
 _T0 = time.monotonic()
 
@@ -302,6 +306,8 @@ def main() -> int:
             table.add(f"SQL statements: {name}", f"{a} at {fmt_n(small_n)}, {b} at "
                       f"{fmt_n(big_n)} cases", "constant", verdict(a == b))
         table.add(f"bulk fill of {fmt_n(big_n)} cases", f"{big_web.fill_s:.1f} s")
+    if "bounded" in only:
+        results["bounded"] = _bounded(table, sizes)
 
     elapsed = time.monotonic() - _T0
     results["elapsed_s"] = elapsed
@@ -318,6 +324,49 @@ def main() -> int:
         _write_readme(table, host, started_at, elapsed, results)
         note(f"figures written to {README.relative_to(ROOT)}")
     return 0
+
+
+def _bounded(table: Table, sizes: Sizes) -> dict[str, Any]:
+    """Rows of ``bench.bounded``: one huge mail's cost as a multiple of a normal one's,
+    how it grows with the size, and the SMTP listener's latency for everyone else."""
+    from bench import bounded
+
+    work, limit = OUT / "bounded", sizes.bounded_max
+    table.section("bounded work per mail: `helpdesk ingest` of one mail (bench/bounded.py)")
+    note("bounded: ingest of a normal mail, long Subjects, attachments up to the size limit")
+    normal = bounded.ingest_cost(work, "normal", bounded.normal_mail(), limit)
+    table.add(f"a normal mail ({normal.size / 1e3:.0f} KB)",
+              f"{normal.seconds:.2f} s, peak +{normal.peak_kb / 1024:.1f} MB")
+    runs = {
+        "Subject": [bounded.ingest_cost(work, f"subject-{n}", bounded.subject_mail(n), limit)
+                    for n in sizes.bounded_subjects],
+        "attachment": [bounded.ingest_cost(work, f"attachment-{share}",
+                                           bounded.attachment_mail(int(limit * share)), limit)
+                       for share in (0.25, 0.5, 1.0)],
+    }
+    for kind, costs in runs.items():
+        for cost in costs:
+            table.add(f"{kind}: a mail of {cost.size / 1e6:.2f} MB",
+                      f"{cost.seconds:.2f} s (x{cost.seconds / normal.seconds:.1f}), "
+                      f"peak +{cost.peak_kb / 1024:.1f} MB "
+                      f"(x{cost.peak_kb / max(1, normal.peak_kb):.1f})")
+        growth = max(b.seconds / a.seconds for a, b in zip(costs, costs[1:]))
+        table.add(f"{kind}: time when the mail doubles (worst step)", f"x{growth:.2f}",
+                  "<= x2.5 (linear)", verdict(growth <= 2.5))
+    note("bounded: the SMTP listener's latency for other clients while huge mails arrive")
+    big = [bounded.subject_mail(sizes.bounded_subjects[-1]), bounded.attachment_mail(limit)]
+    run = bounded.listener_latency(work, big, limit)
+    table.add("SMTP listener: other clients' DATA -> 250, p95, quiet",
+              f"{bounded.p95(run.quiet) * 1000:.0f} ms ({len(run.quiet)} mails)")
+    table.add(f"... while a {len(big[0]) / 1e6:.1f} MB-Subject and a {len(big[1]) / 1e6:.0f} MB "
+              f"mail arrive", f"{bounded.p95(run.during) * 1000:.0f} ms ({len(run.during)} mails;"
+              f" the two stored in {sum(s.seconds for s in run.big):.1f} s)",
+              "not behind the big mail", verdict(not run.refused and bool(run.during)))
+    return {"normal": normal.__dict__,
+            **{kind: [c.__dict__ for c in costs] for kind, costs in runs.items()},
+            "listener": {"quiet_p95_s": bounded.p95(run.quiet),
+                         "during_p95_s": bounded.p95(run.during),
+                         "big_s": [s.seconds for s in run.big], "refused": run.refused}}
 
 
 def _sender(raw: bytes) -> str:

@@ -7,9 +7,12 @@ the probes only note:
 
 - ``first_fetch``: ``time.monotonic()`` when the first IMAP FETCH command is sent
   (the same clock as the MTA's acknowledgements in the parent process);
-- ``idle_rss``: the resident set just before the first FETCH (or the first
-  ``ingest_raw`` when there is no IMAP), i.e. the started, connected, idle process;
-- ``hwm``: the peak resident set of the whole run;
+- ``first_ingest``: ``time.monotonic()`` when ``helpdesk ingest`` starts reading its
+  first mail;
+- ``idle_rss``: the resident set just before the first FETCH (or, without IMAP, before
+  ``helpdesk ingest`` reads its first mail or the first ``ingest_raw``), i.e. the
+  started, connected, idle process;
+- ``hwm``: the peak resident set of the whole run (also across the reset below);
 - ``fetch_hwm``: the peak resident set up to the end of ``fetch_all`` (the IMAP pass);
 - ``deliver_start_rss`` and ``deliver_hwm``: the resident set when ``deliver_all`` starts
   and its peak from then on (``VmHWM`` is reset there through ``/proc/self/clear_refs``);
@@ -93,6 +96,17 @@ def main() -> None:
 
     ingest.ingest_raw = ingest_raw  # type: ignore[assignment]
 
+    from helpdesk.inbound import bounded
+
+    original_read_mail = bounded.read_mail
+
+    def read_mail(*a: Any, **kw: Any) -> Any:  # `helpdesk ingest`: before it reads a mail
+        mark_idle()
+        facts.setdefault("first_ingest", time.monotonic())
+        return original_read_mail(*a, **kw)
+
+    bounded.read_mail = read_mail  # type: ignore[assignment]
+
     from helpdesk.inbound import imap as imap_module
     from helpdesk.outbound import deliver as deliver_module
 
@@ -109,6 +123,7 @@ def main() -> None:
     def deliver_all(*a: Any, **kw: Any) -> Any:
         if "deliver_start_rss_kb" not in facts:
             facts["deliver_start_rss_kb"] = _status_kb("VmRSS")
+            facts["before_deliver_hwm_kb"] = _status_kb("VmHWM")  # the reset forgets it
             _reset_hwm()
         return original_deliver_all(*a, **kw)
 
@@ -128,7 +143,8 @@ def main() -> None:
         if "deliver_start_rss_kb" in facts:
             facts["deliver_hwm_kb"] = _status_kb("VmHWM")
         facts["started"] = started
-        facts["hwm_kb"] = max(_status_kb("VmHWM"), facts.get("fetch_hwm_kb") or 0)
+        facts["hwm_kb"] = max(_status_kb("VmHWM"), facts.get("fetch_hwm_kb") or 0,
+                              facts.get("before_deliver_hwm_kb") or 0)
         if profiler is not None:
             profiler.stop()
             Path(f"{profile}.txt").write_text(profiler.output_text(unicode=True, color=False,

@@ -137,6 +137,7 @@ def _render_queued(app: App) -> tuple[float, int]:
     render = outbox_renderer(app)
     started = time.perf_counter()
     sent = 0
-    while done := send_due(app.sessions, app.clock, _Discard(), limit=1000, render=render).sent:
+    while done := send_due(app.sessions, app.clock, _Discard(), limit=1000, render=render,
+                          reads=app.reads).sent:
         sent += done
     return time.perf_counter() - started, sent

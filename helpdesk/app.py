@@ -25,17 +25,19 @@ class App:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]  # for work that only reads: never takes the write lock
     renderer: TemplateRenderer
     clock: Clock = field(default_factory=SystemClock)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> App:
-        engine = db.make_engine(settings.database_url)
+        engine = db.make_engine(settings.database_url, settings.database.lock_timeout)
         overrides = settings.helpdesk.templates
         return cls(
             settings=settings,
             engine=engine,
             sessions=db.make_sessions(engine),
+            reads=db.make_read_sessions(engine),
             renderer=TemplateRenderer(BUILTIN_TEMPLATES,
                                       settings.resolve(overrides) if overrides else None),
             clock=clock or SystemClock(),

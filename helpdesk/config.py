@@ -1,16 +1,20 @@
 """Load and validate ``helpdesk.yaml`` into frozen settings.
 
 Every error names the key it is about (``inbound.imap.port``), so ``check-config``
-can tell an admin exactly what to fix. Secrets come only from ``${VAR}`` references
-to the environment; they are kept in ``SecretStr`` so they never print or log.
+can tell an admin exactly what to fix. Secrets come from ``${VAR}`` references to
+the environment; they are kept in ``SecretStr`` so they never print or log, and no
+error message shows a value that came from the environment. A config file that
+other users can read may not hold a secret written out (``strict_secrets``).
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -87,6 +91,21 @@ class HelpdeskSection(_Section):
 
 class DatabaseSection(_Section):
     url: str = "sqlite:///../var/helpdesk.db"
+    # How long a write waits for another's lock (or for a connection) before giving up:
+    # `ingest` then exits 75 and the SMTP listener answers 451, so the mail waits at
+    # its sender instead of an MTA pipe hanging.
+    lock_timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("url")
+    @classmethod
+    def _a_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        try:
+            make_url(value)
+        except Exception:  # its messages quote the URL, password and all
+            raise ValueError("not a database URL (e.g. sqlite:///../var/helpdesk.db, "
+                             "postgresql+psycopg://user:${DB_PASSWORD}@host/helpdesk)") from None
+        return value
 
 
 class ImapMailbox(_Section):
@@ -342,21 +361,25 @@ class Settings(_Section):
         return url
 
 
-def _expand_env(node: Any, path: str) -> Any:
+def _expand_env(node: Any, path: str, used: dict[str, str]) -> Any:
+    """*node* with every ``${VAR}`` replaced by its value; *used* collects
+    ``{value: VAR}``, so that no message shows the value (``_without_env_values``)."""
     if isinstance(node, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), used)
+                for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_env(v, f"{path}.{i}") for i, v in enumerate(node)]
+        return [_expand_env(v, f"{path}.{i}", used) for i, v in enumerate(node)]
     if isinstance(node, str):
         def substitute(m: re.Match[str]) -> str:
             if m[1] not in os.environ:
                 raise ConfigError(f"{path}: environment variable {m[1]} is not set")
+            used[os.environ[m[1]]] = m[1]
             return os.environ[m[1]]
         return _ENV_REF.sub(substitute, node)
     return node
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, env_values: dict[str, str]) -> str:
     lines = []
     for err in error.errors():
         key = ".".join(str(p) for p in err["loc"] if p not in ("function-before", "function-after"))
@@ -366,11 +389,70 @@ def _describe(error: ValidationError) -> str:
             message = str(err["ctx"]["error"])
         else:
             message = err["msg"]
-        lines.append(f"{key or '(top level)'}: {message}")
+        lines.append(f"{key or '(top level)'}: {_without_env_values(message, env_values)}")
     return "\n".join(lines)
 
 
-def load_settings(path: Path | str) -> Settings:
+def _without_env_values(message: str, env_values: dict[str, str]) -> str:
+    """*message* with every value that came from ``${VAR}`` shown as ``${VAR}``: a
+    validator's "not a duration: 'hunter2'" must not print a password put in the
+    wrong key. Longest first, so a value inside another is not half replaced; a value
+    of a few characters only where it is quoted, lest every "s" of the text go."""
+    for value in sorted(env_values, key=len, reverse=True):
+        reference = f"${{{env_values[value]}}}"
+        if value:
+            message = message.replace(repr(value), reference)
+        if len(value) >= 4:
+            message = message.replace(value, reference)
+    return message
+
+
+#: Keys whose value is a secret: a password, a key, a token.
+_SECRET_KEY = re.compile(r"(^|_)(password|secret|token)$")
+
+
+def literal_secrets(node: Any, path: str = "") -> list[str]:
+    """The keys of the config as written (before ``${VAR}`` expansion) that hold a
+    secret written out rather than taken from the environment: password, secret and
+    token keys, and a password inside ``database.url``."""
+    if isinstance(node, dict):
+        found = []
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if _SECRET_KEY.search(str(key)) and value is not None and not _from_env(value):
+                found.append(where)
+            elif where == "database.url" and _password_written_in(value):
+                found.append(where)
+            else:
+                found.extend(literal_secrets(value, where))
+        return found
+    if isinstance(node, list):
+        return [key for i, value in enumerate(node) for key in literal_secrets(value, f"{path}.{i}")]
+    return []
+
+
+def _password_written_in(url: Any) -> bool:
+    try:
+        password = urlsplit(url).password if isinstance(url, str) else None
+    except ValueError:  # not a URL at all: the engine will say so, without the value
+        return False
+    return password is not None and not _from_env(password)
+
+
+def _from_env(value: Any) -> bool:
+    return isinstance(value, str) and _ENV_REF.fullmatch(value.strip()) is not None
+
+
+def _readable_by_others(path: Path) -> bool:
+    return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
+def load_settings(path: Path | str, *, strict_secrets: bool = False) -> Settings:
+    """The settings of the config file at *path*; ``ConfigError`` naming the key.
+
+    ``strict_secrets`` (``run``, ``check-config``): refuse a file that other users can
+    read when it holds a secret written out.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -384,9 +466,15 @@ def load_settings(path: Path | str) -> Settings:
         raise ConfigError(f"{path}: the top level must be a mapping")
     if "config_dir" in data:
         raise ConfigError("config_dir: unknown key")
-    data = _expand_env(data, "")
+    if strict_secrets and _readable_by_others(path) and (written := literal_secrets(data)):
+        raise ConfigError(
+            f"{path} can be read by other users and holds {', '.join(written)} written out: "
+            f"run `chmod 600 {path}`, or write each as \"${{VAR}}\" and set VAR in the "
+            f"daemon's environment")
+    env_values: dict[str, str] = {}
+    data = _expand_env(data, "", env_values)
     data["config_dir"] = path.resolve().parent
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, env_values)) from None

@@ -37,7 +37,8 @@ def run_sender(app: App, stop: threading.Event, wake: threading.Event) -> None:
         wake.clear()
         try:
             result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                              lease=claim_lease(app.settings), render=outbox_renderer(app))
+                              lease=claim_lease(app.settings), render=outbox_renderer(app),
+                              reads=app.reads)
             busy = (result.sent or result.retried) and not result.error
         except Exception:
             log.exception("outbox pass failed")
@@ -124,8 +125,7 @@ def run_daemon(app: App) -> int:
     listener = None
     if app.settings.inbound.smtp_listener:
         from helpdesk.inbound.smtp_listener import start_listener
-        conf = app.settings.inbound.smtp_listener
-        listener = start_listener(app, conf.host, conf.port, on_stored=wake_sender.set)
+        listener = start_listener(app, on_stored=wake_sender.set)
     web = _start_web(app, wake_sender)
     for thread in threads:
         thread.daemon = True

@@ -46,7 +46,7 @@ def trust_warnings(settings: Settings) -> list[str]:
 def health_report(app: App, now: datetime) -> HealthReport:
     report = HealthReport()
     report.lines.extend(f"warning: {w}" for w in trust_warnings(app.settings))
-    with app.sessions() as session:
+    with app.reads() as session:
         states = {s.name: s for s in session.scalars(select(MailboxState))}
         for mailbox in app.settings.inbound.imap:
             state = states.get(mailbox.name)
@@ -70,8 +70,18 @@ def health_report(app: App, now: datetime) -> HealthReport:
                               .where(Outbox.status == "dead")) or 0
         quarantined = session.scalar(select(func.count()).select_from(Inbound)
                                      .where(Inbound.status == "failed")) or 0
+        # A queued row that was tried and still has no bytes could not be rendered.
+        unrendered = (Outbox.status == "queued", Outbox.raw.is_(None),
+                      Outbox.last_error.is_not(None))
+        not_rendered = session.scalar(select(func.count()).select_from(Outbox)
+                                      .where(*unrendered)) or 0
+        render_error = session.scalar(select(Outbox.last_error).where(*unrendered)
+                                      .order_by(Outbox.id).limit(1))
     report.lines.append(f"outbox: {queued} queued"
                         + (f" (oldest {oldest.isoformat()})" if oldest else "")
                         + f", {dead} undeliverable")
+    if not_rendered:  # waits for a template fix: the mail goes out once it is fixed
+        report.problems.append(f"{not_rendered} outgoing mail(s) cannot be rendered; "
+                               f"fix the template and they go out: {render_error}")
     report.lines.append(f"quarantine: {quarantined} message(s)")
     return report

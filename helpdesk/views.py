@@ -55,7 +55,7 @@ def list_cases(app: App, *, status: str | None = None, category: str | None = No
     query = CaseQuery(status=status, category=category, requester=requester, company=company,
                       sort=sort, order="desc" if descending else "asc", limit=limit,
                       offset=offset)
-    with app.sessions() as session:
+    with app.reads() as session:
         return [_row_summary(app, row) for row in listing(session, query, details=True).rows]
 
 
@@ -88,7 +88,7 @@ def resolve_ref(app: App, typed: str) -> str:
     only one prefix has a case 1); LookupError naming the candidates otherwise."""
     prefixes = [c.prefix for c in app.settings.categories.values()]
     candidates = ref_candidates(typed, prefixes) or (typed.strip().upper(),)
-    with app.sessions() as session:
+    with app.reads() as session:
         found = list(session.scalars(select(Case.ref).where(Case.ref.in_(candidates))
                                      .order_by(Case.ref)))
     if len(found) == 1:
@@ -99,7 +99,7 @@ def resolve_ref(app: App, typed: str) -> str:
 
 
 def show_case(app: App, ref: str) -> dict[str, Any] | None:
-    with app.sessions() as session:
+    with app.reads() as session:
         case = cases.by_ref(session, ref)
         if case is None:
             return None
@@ -168,7 +168,7 @@ def printable(text: str, keep_lines: bool = False) -> str:
 
 
 def list_failed(app: App) -> list[dict[str, Any]]:
-    with app.sessions() as session:
+    with app.reads() as session:
         rows = session.scalars(select(Inbound).where(Inbound.status == "failed")
                                .order_by(Inbound.id)).all()
         return [{"id": r.id, "source": r.source, "received_at": _iso(r.received_at),
@@ -185,7 +185,7 @@ def _subject(raw: bytes) -> str:
 
 def failed_message(app: App, inbound_id: int) -> dict[str, Any] | None:
     """One quarantined message: why it failed, its header block as received, its bytes."""
-    with app.sessions() as session:
+    with app.reads() as session:
         row = session.get(Inbound, inbound_id)
         if row is None or row.status != "failed":
             return None

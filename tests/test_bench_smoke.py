@@ -26,5 +26,6 @@ def test_quick_benchmarks_run_and_print_every_section():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for section in ("helpdesk / limit", "one sweep", "[memory", "95th percentile",
-                    "[web portal", "SQL statements: case page: staff"):
+                    "[web portal", "SQL statements: case page: staff", "[bounded work",
+                    "while a"):
         assert section in result.stdout, section

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("helpdesk")
 
 
+#: sysexits.h: "temporary failure, try again later"; an MTA keeps the mail and retries.
+EX_TEMPFAIL = 75
+
+
 class Failure(click.ClickException):
     exit_code = 1
 
@@ -32,23 +36,53 @@ def config_error(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def open_app(ctx: click.Context, *, check_schema: bool = True) -> App:
-    """The App of the config the command line names; closed when the command ends."""
-    from helpdesk.app import App
-    from helpdesk.config import ConfigError
-    from helpdesk.store import db
+def load_app(ctx: click.Context, *, strict_secrets: bool = False) -> App:
+    """The App of the config the command line names (exit 2 on a config error; see
+    ``load_settings`` for ``strict_secrets``); the caller closes it."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    path = ctx.obj["config"]
+    from helpdesk.app import App
+    from helpdesk.config import ConfigError, load_settings
+
     try:
-        app = App.from_config(path)
+        return App.from_settings(load_settings(ctx.obj["config"], strict_secrets=strict_secrets))
     except ConfigError as exc:
         config_error(str(exc))
+    except (ArgumentError, NoSuchModuleError):  # their messages quote the URL
+        config_error("database.url: not a database URL we can use "
+                     "(e.g. sqlite:///../var/helpdesk.db, postgresql+psycopg://...)")
+
+
+def open_app(ctx: click.Context, *, check_schema: bool = True, strict_secrets: bool = False,
+             unavailable_exit: int = 1) -> App:
+    """The App of the config the command line names; closed when the command ends.
+
+    When the database cannot be used yet (unreachable, locked, full, or its schema not
+    upgraded) the command exits ``unavailable_exit``: 1 like any runtime failure, 75
+    for ``ingest``, so that an MTA keeps the mail and tries again.
+    """
+    from helpdesk.store import db
+
+    def unavailable(reason: str) -> NoReturn:
+        click.echo(f"Error: {reason}", err=True)
+        sys.exit(unavailable_exit)
+
+    try:
+        app = load_app(ctx, strict_secrets=strict_secrets)
+    except OSError as exc:  # making the SQLite file or its folder
+        if not db.is_storage_trouble(exc):
+            raise
+        unavailable(f"database unavailable: {exc}")
+    ctx.call_on_close(app.close)
     if check_schema:
         try:
             db.check_schema(app.engine)
         except db.SchemaOutOfDate as exc:
-            raise Failure(str(exc)) from None
-    ctx.call_on_close(app.close)
+            unavailable(str(exc))
+        except Exception as exc:
+            if not db.is_storage_trouble(exc):
+                raise
+            unavailable(f"database unavailable: {getattr(exc, 'orig', None) or exc}")
     return app
 
 

@@ -4,23 +4,17 @@ from __future__ import annotations
 import sys
 import click
 
-from helpdesk.cli import cli, config_error, open_app
+from helpdesk.cli import cli, load_app, open_app
 
 
 @cli.command("check-config")
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
     """Validate the config file and every template; exit 2 naming what is wrong."""
-    from helpdesk.app import App
-    from helpdesk.config import ConfigError, load_settings
     from helpdesk.mail.templates import TemplateRenderer
-    try:
-        settings = load_settings(ctx.obj["config"])
-    except ConfigError as exc:
-        config_error(str(exc))
-    app = App.from_settings(settings)
+    app = load_app(ctx, strict_secrets=True)
     renderer: TemplateRenderer = app.renderer
-    errors = renderer.check_all(settings.categories)
+    errors = renderer.check_all(app.settings.categories)
     app.close()
     if errors:
         for error in errors:

@@ -1,13 +1,25 @@
 """Mail in and out: ``ingest``, ``fetch``, ``sweep`` and the daemon, ``run``."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
-from helpdesk.cli import Failure, cli, deliver_and_activate, open_app, report
+from helpdesk.cli import (
+    EX_TEMPFAIL,
+    Failure,
+    cli,
+    deliver_and_activate,
+    log,
+    open_app,
+    report,
+)
+
+if TYPE_CHECKING:
+    from helpdesk.app import App
 
 
 @cli.command()
@@ -15,26 +27,54 @@ from helpdesk.cli import Failure, cli, deliver_and_activate, open_app, report
 @click.pass_context
 def ingest(ctx: click.Context, files: tuple[str, ...]) -> None:
     """Process raw RFC 5322 messages from FILES, or stdin when none (MTA pipe mode),
-    then deliver the outbox."""
-    from helpdesk.inbound.ingest import StorageUnavailable, ingest_raw
-    app = open_app(ctx)
-    sources = list(files) or ["-"]
+    then deliver the outbox.
+
+    Exit 0 once every mail is stored (or kept in the quarantine, or answered as too
+    large); 75 (EX_TEMPFAIL) when one could not be stored for a reason that may pass
+    (the database down, locked, full), so that an MTA keeps it and tries again."""
+    from helpdesk.inbound.bounded import read_mail
+    from helpdesk.inbound.ingest import StorageUnavailable, ingest_raw, notify_too_large
+    app = open_app(ctx, unavailable_exit=EX_TEMPFAIL)
+    limit = app.settings.limits.max_message_size
     failed = 0
-    for name in sources:
-        raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    for name in list(files) or ["-"]:
+        with _binary_input(name) as stream:
+            mail = read_mail(stream, limit)
         try:
-            outcome = ingest_raw(app, raw, source="ingest")
+            if mail.too_large:  # answered politely and recorded, as the IMAP fetcher does
+                outcome = notify_too_large(app, mail.raw, mail.size, source="ingest")
+            else:
+                outcome = ingest_raw(app, mail.raw, source="ingest")
         except StorageUnavailable as exc:
-            # EX_TEMPFAIL tells an MTA pipe to keep the mail and try again later.
             click.echo(f"{name}: database unavailable: {exc}", err=True)
-            sys.exit(75)
+            sys.exit(EX_TEMPFAIL)
+        del mail
         failed += outcome.quarantined
         report(name, outcome)
-    deliver_and_activate(app)
+    _deliver_stored(app)
     if failed:
         # Exit 0 all the same: the mail is kept in the quarantine, and a non-zero exit
         # would make an MTA pipe bounce it to its sender (backscatter) or retry forever.
         click.echo(f"{failed} message(s) quarantined; see `helpdesk failed list`", err=True)
+
+
+def _binary_input(name: str) -> contextlib.AbstractContextManager[BinaryIO]:
+    return contextlib.nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")
+
+
+def _deliver_stored(app: App) -> None:
+    """Deliver what the stored mail queued, if the database lets us now: the mail is
+    safe, so nothing here may change the exit code (the daemon or the next run sends
+    what is left)."""
+    from helpdesk.store.db import is_storage_trouble
+    try:
+        deliver_and_activate(app)
+    except Exception as exc:
+        if is_storage_trouble(exc):
+            log.warning("mail stored; delivery left for later: %s",
+                        getattr(exc, "orig", None) or exc)
+        else:
+            log.exception("mail stored; delivery failed, left for later")
 
 
 @cli.command()
@@ -82,5 +122,5 @@ def run(ctx: click.Context) -> None:
     """The daemon: inbound (IMAP and/or SMTP listener), outbox sender, scheduler.
     Stops cleanly on SIGTERM/SIGINT; a second signal exits at once."""
     from helpdesk.daemon import run_daemon
-    app = open_app(ctx)
+    app = open_app(ctx, strict_secrets=True)
     sys.exit(run_daemon(app))

@@ -4,8 +4,13 @@ Every transport (IMAP, the SMTP listener, ``helpdesk ingest``) calls
 ``ingest_raw``. It is idempotent per ``(source, source_key)`` and per Message-ID,
 so a re-delivery after a crash changes nothing. A mail that fails anywhere is
 kept with its raw bytes and the reason (the quarantine: ``helpdesk failed``) and
-the caller moves on; only an unreachable database raises, so that the transport
-leaves the mail where it is and tries again later.
+the caller moves on; only storage trouble that may pass (the database unreachable,
+locked past its timeout, a full disk) raises ``StorageUnavailable``, so that the
+transport leaves the mail where it is and tries again later.
+
+The mail is parsed before its write transaction begins, and its answers are
+rendered after it (by the sender): the write lock is held for the mail's own
+reads and writes only, however large or strange the mail.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -29,6 +34,7 @@ from helpdesk.inbound.verify import sender_trust
 from helpdesk.mail.parsing import HeaderLimits, parse_message
 from helpdesk.store import cases
 from helpdesk.store.apply import apply_decision
+from helpdesk.store.db import is_storage_trouble
 from helpdesk.store.orm import CaseAddress, Inbound, Message
 from helpdesk.sweep import run_due_step
 
@@ -37,6 +43,10 @@ log = logging.getLogger(__name__)
 
 class StorageUnavailable(Exception):
     """The database could not take the mail; the transport must keep it and retry."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> StorageUnavailable:
+        return cls(str(getattr(exc, "orig", None) or exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +73,9 @@ def ingest_raw(app: App, raw: bytes, *, source: str, source_key: str | None = No
             # the same moment; the second try sees its row and finds a duplicate.
             if attempt == 2:
                 break
-        except OperationalError as exc:
-            raise StorageUnavailable(str(exc.orig)) from exc
         except Exception as exc:  # quarantine, never lose, never stop the loop
+            if is_storage_trouble(exc):
+                raise StorageUnavailable.of(exc) from exc
             return _quarantine(app, raw, source, source_key, envelope_recipients, exc)
     return _quarantine(app, raw, source, source_key, envelope_recipients,
                        RuntimeError("conflicting concurrent writes"))
@@ -73,13 +83,17 @@ def ingest_raw(app: App, raw: bytes, *, source: str, source_key: str | None = No
 
 def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
                  envelope_recipients: tuple[str, ...]) -> Outcome:
+    with app.reads() as session:  # a re-delivery is known before anything is parsed
+        known = _received(session, source, source_key)
+    if known is not None:
+        return known
+    # Parsed before the write lock: it takes time.
+    msg = parse_message(raw, envelope_recipients, header_limits(app))
     with app.sessions.begin() as session:
-        known = session.scalar(select(Inbound).where(Inbound.source == source,
-                                                     Inbound.source_key == source_key))
+        known = _received(session, source, source_key)  # by another process meanwhile
         if known is not None:
-            return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
+            return known
         now = app.clock.now()
-        msg = parse_message(raw, envelope_recipients, header_limits(app))
         inbound = Inbound(source=source, source_key=source_key, received_at=now, raw=b"",
                           envelope_recipients=list(envelope_recipients), status="done")
         session.add(inbound)
@@ -121,6 +135,14 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         del msg, decision, context, case  # the attachments are stored: let them go
         _store_raw(session, inbound, raw)
         return outcome
+
+
+def _received(session: Session, source: str, source_key: str) -> Outcome | None:
+    known = session.scalar(select(Inbound).where(Inbound.source == source,
+                                                 Inbound.source_key == source_key))
+    if known is None:
+        return None
+    return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
 
 
 _BLOB_CHUNK = 1 << 20
@@ -228,8 +250,10 @@ def _quarantine(app: App, raw: bytes, source: str, source_key: str,
             if new:
                 _store_raw(session, row, raw)
             return Outcome("quarantined", row.id, reason=reason)
-    except OperationalError as db_exc:
-        raise StorageUnavailable(str(db_exc.orig)) from db_exc
+    except Exception as db_exc:
+        if is_storage_trouble(db_exc):
+            raise StorageUnavailable.of(db_exc) from db_exc
+        raise
 
 
 def _expected(exc: Exception) -> bool:
@@ -250,12 +274,13 @@ def retry_failed(app: App, inbound_id: int) -> Outcome:
 
 
 def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = "too_large",
-                     source_key: str | None = None) -> None:
+                     source_key: str | None = None) -> Outcome:
     """Tell the sender, politely and once, that a mail was too large to take.
 
-    Only the headers were downloaded. They are kept in ``inbound`` under the
+    Only the headers were read. They are kept in ``inbound`` under the
     transport's key, so a crash before the mail left the inbox cannot make a
-    second notice. Machine mail gets no answer, as always.
+    second notice. Machine mail gets no answer, as always. Raises
+    ``StorageUnavailable`` like ``ingest_raw``.
     """
     from helpdesk.core.classify import machine_reasons
     from helpdesk.core.decide import route
@@ -269,13 +294,22 @@ def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = 
         msg = None
         log.warning("oversized mail with unreadable headers; not answered")
     policy = app.policy
-    with app.sessions.begin() as session:
-        if session.scalar(select(Inbound.id).where(Inbound.source == source,
-                                                   Inbound.source_key == source_key)):
-            return
-        now = app.clock.now()
-        session.add(Inbound(source=source, source_key=source_key, received_at=now,
-                            raw=header_bytes, status="done", outcome="too_large",
-                            error=f"{size} bytes is over max_message_size"))
-        if msg is not None and msg.sender and not machine_reasons(msg, policy.hygiene):
-            queue_notice(session, app, route(msg, policy).name, MailKind.TOO_LARGE, msg, now)
+    reason = f"{size} bytes is over max_message_size"
+    try:
+        with app.sessions.begin() as session:
+            known = _received(session, source, source_key)
+            if known is not None:
+                return known
+            now = app.clock.now()
+            row = Inbound(source=source, source_key=source_key, received_at=now,
+                          raw=header_bytes, status="done", outcome="too_large", error=reason)
+            session.add(row)
+            if msg is not None and msg.sender and not machine_reasons(msg, policy.hygiene):
+                queue_notice(session, app, route(msg, policy).name, MailKind.TOO_LARGE, msg, now)
+            session.flush()
+            log.info("TOO_LARGE inbound=%s size=%s", row.id, size)
+            return Outcome("too_large", row.id, reason=reason)
+    except Exception as exc:
+        if is_storage_trouble(exc):
+            raise StorageUnavailable.of(exc) from exc
+        raise

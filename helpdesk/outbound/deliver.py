@@ -11,7 +11,8 @@ def deliver_all(app: App, max_passes: int = 100) -> SendResult:
     total = SendResult()
     for _ in range(max_passes):
         result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                          lease=claim_lease(app.settings), render=outbox_renderer(app))
+                          lease=claim_lease(app.settings), render=outbox_renderer(app),
+                          reads=app.reads)
         total += result
         if result.error or not (result.sent or result.retried or result.dead):
             break

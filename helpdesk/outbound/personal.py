@@ -1,6 +1,6 @@
 """Mail to one person about no single case: a portal sign-in link (``login``) and the
-answer to ``#cases`` (``case_list``). Rendered at once, in the caller's transaction,
-like every answer; sent by the outbox sender like every mail.
+answer to ``#cases`` (``case_list``). Queued in the caller's transaction and rendered
+by the outbox sender outside it, like every mail.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from helpdesk.core.decide import Mail, route
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.model import InboundMessage, MailKind
 from helpdesk.mail import compose
-from helpdesk.mail.context import build_context
 from helpdesk.mail.templates import DEFAULT_DIR
 from helpdesk.outbound.facts import Facts
-from helpdesk.policy import access_directory
 from helpdesk.outbound.queue import _within_limits, secret_key
+from helpdesk.outbound.render import notice_spec
+from helpdesk.policy import access_directory
 from helpdesk.store import tokens
 from helpdesk.store.listing import CaseQuery, CaseRow, list_cases
 from helpdesk.store.orm import AutoMail, Outbox, WebToken
@@ -55,8 +55,7 @@ def queue_login(session: Session, app: App, address: str, now: datetime) -> bool
         to=(address,), subject=f"Your sign-in link for {settings.helpdesk.name}",
         message_id=compose.new_message_id(settings.helpdesk.domain, secret_key(session, app)),
         auto_submitted="auto-generated", loop_value=settings.helpdesk.address.lower())
-    context = build_context(helpdesk=_helpdesk(app), case=None, now=now, portal=portal)
-    _add(session, app, DEFAULT_DIR, MailKind.LOGIN, envelope, context, now)
+    _add(session, DEFAULT_DIR, MailKind.LOGIN, envelope, None, now, portal=portal)
     return True
 
 
@@ -95,11 +94,7 @@ def queue_case_list(session: Session, app: App, msg: InboundMessage, now: dateti
         auto_submitted="auto-replied", loop_value=settings.helpdesk.address.lower())
     portal = {"case_url": "", "login_url": "", "expires_at": None,
               "cases_url": f"{base}/cases"} if web else None
-    context = build_context(
-        helpdesk=_helpdesk(app), case=None, now=now, portal=portal, case_list=case_list,
-        message={"sender": msg.sender, "sender_name": msg.sender_name, "subject": msg.subject,
-                 "text": msg.text, "date": msg.date or now})
-    _add(session, app, category, kind, envelope, context, now)
+    _add(session, category, kind, envelope, msg, now, portal=portal, case_list=case_list)
     session.add(AutoMail(address=msg.sender, case_id=None, at=now))
     return True
 
@@ -112,16 +107,12 @@ def _item(app: App, row: CaseRow, base: str) -> dict[str, Any]:
             "updated_at": row.updated_at, "url": f"{base}/cases/{row.ref}" if base else ""}
 
 
-def _helpdesk(app: App) -> dict[str, str]:
-    return {"name": app.settings.helpdesk.name, "address": app.settings.helpdesk.address}
-
-
-def _add(session: Session, app: App, category: str, kind: MailKind,
-         envelope: compose.Envelope, context: dict[str, Any], now: datetime) -> Outbox:
-    body = app.renderer.render(category, str(kind), context)
+def _add(session: Session, category: str, kind: MailKind, envelope: compose.Envelope,
+         message: InboundMessage | None, now: datetime, **values: Any) -> Outbox:
+    """Queue the mail without its body: the sender renders it outside the write lock."""
     row = Outbox(case_id=None, kind=str(kind), mail_from=envelope.from_address,
-                 recipients=list(envelope.to), message_id=envelope.message_id,
-                 raw=compose.build(envelope, body.text, body.html, now), status="queued",
+                 recipients=list(envelope.to), message_id=envelope.message_id, raw=None,
+                 render=notice_spec(envelope, category, message, **values), status="queued",
                  attempts=0, next_attempt_at=now, created_at=now)
     session.add(row)
     return row

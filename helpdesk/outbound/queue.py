@@ -2,7 +2,8 @@
 
 This runs inside the transaction of whatever decided to send (an inbound mail,
 a timer, a command), so the mail and the change that caused it commit together
-or not at all; its body is rendered later, by the sender (``render``). Automatic mail is rate-limited here, per recipient and per case,
+or not at all; its body is rendered later, by the sender, outside that transaction
+(``render``). Automatic mail is rate-limited here, per recipient and per case,
 counted in the database: the last line of defence against a mail loop.
 
 A mail goes out as one or more copies (``copies``): one for everyone, or, when only
@@ -27,9 +28,8 @@ from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_address, staff_reply_address, staff_reply_token, tagged_subject
 from helpdesk.mail import compose
-from helpdesk.mail.context import build_context
 from helpdesk.outbound.facts import Facts
-from helpdesk.outbound.render import case_copy, render_mail, render_spec
+from helpdesk.outbound.render import notice_spec, render_spec
 from helpdesk.store import tokens
 from helpdesk.store.cases import reply_secret
 from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox, WebToken
@@ -141,16 +141,13 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
                budget: RecipientBudget | None = None) -> bool:
     """Queue one mail of ``case``; False when nobody is left to send it to.
 
-    Without ``facts`` (a mail answering a message, a hook's mail) it is rendered now:
-    a broken template then fails the whole transaction, and the inbound mail that
-    caused it is quarantined for the admin to retry, nothing half-done. With
-    ``facts`` (timer steps: a sweep's chunk, one case's due step) the rows are
-    written without the body, which the sender renders when it first claims the row
-    (``helpdesk.outbound.render``); a template broken by then makes that row dead.
+    The rows are written without the body, which the sender renders when it first
+    claims the row (``helpdesk.outbound.render``): no template runs while the deciding
+    transaction holds the write lock. ``facts``: a sweep's chunk (``ChunkFacts``), else
+    one query per question.
     With a ``budget`` (a mail from outside caused it), outside addresses past it get
     nothing, and an event says who.
     """
-    render_now = facts is None
     facts = facts or Facts(session)
     recipients = _recipients(app, case, mail.to, extras.message, facts)
     if mail.kind not in UNLIMITED_KINDS:
@@ -186,28 +183,18 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
         case_ref=case.ref,
     )
     values = _values(mail, extras, settings.helpdesk.show_agent_address)
-    body = None
     for copy in copies(session, app, case, mail, recipients, now, facts):
         spec = render_spec(replace(envelope, to=copy.to, reply_to=copy.reply_to), mail,
                            extras.message, {**values, **copy.values})
-        outbox = {"case_id": case.id, "kind": str(mail.kind), "mail_from": from_address,
-                  "recipients": list(copy.to), "message_id": envelope.message_id, "raw": None,
-                  "render": spec, "status": "queued", "attempts": 0, "next_attempt_at": now,
-                  "created_at": now}
-        if render_now:
-            row = Outbox(**outbox)
-            rendered = render_mail(session, app, row)
-            row.raw = rendered.raw
-            session.add(row)
-            body = body or case_copy(rendered, row.render)
-        else:
-            facts.add(Outbox, **outbox)
+        facts.add(Outbox, case_id=case.id, kind=str(mail.kind), mail_from=from_address,
+                  recipients=list(copy.to), message_id=envelope.message_id, raw=None,
+                  render=spec, status="queued", attempts=0, next_attempt_at=now,
+                  created_at=now)
     # Without a body yet, the sender fills in its text and html when it renders the mail.
     facts.add(Message, case_id=case.id, direction=str(Direction.OUT), kind=str(mail.kind),
               message_id=envelope.message_id, dedupe_key=envelope.message_id,
               from_addr=from_address, to_addrs=list(recipients), cc_addrs=[],
-              subject=envelope.subject, date=now, headers={},
-              text=body[0] if body else "", html=body[1] if body else "")
+              subject=envelope.subject, date=now, headers={}, text="", html="")
     if mail.kind not in UNLIMITED_KINDS:
         for address in recipients:
             facts.add(AutoMail, address=address, case_id=case.id, at=now)
@@ -296,15 +283,10 @@ def queue_notice(session: Session, app: App, category: str, kind: MailKind,
         in_reply_to=msg.message_id or None,
         references=compose.references_for(None, msg.message_id or None, msg.references),
         auto_submitted="auto-replied", loop_value=settings.helpdesk.address.lower())
-    context = build_context(
-        helpdesk={"name": settings.helpdesk.name, "address": settings.helpdesk.address},
-        case=None, now=now,
-        message={"sender": msg.sender, "sender_name": msg.sender_name, "subject": msg.subject,
-                 "text": msg.text, "date": msg.date or now},
-        note=f"{msg.size} bytes; the limit is {settings.limits.max_message_size} bytes")
-    body = app.renderer.render(category, str(kind), context)
+    note = f"{msg.size} bytes; the limit is {settings.limits.max_message_size} bytes"
     row = Outbox(case_id=None, kind=str(kind), mail_from=from_address, recipients=recipients,
-                 message_id=envelope.message_id, raw=compose.build(envelope, body.text, body.html, now),
+                 message_id=envelope.message_id, raw=None,
+                 render=notice_spec(envelope, category, msg, note),
                  status="queued", attempts=0, next_attempt_at=now, created_at=now)
     session.add(row)
     session.add_all(AutoMail(address=a, case_id=None, at=now) for a in recipients)

@@ -1,13 +1,14 @@
-"""Render a queued mail when the sender first claims it.
+"""Render a queued mail after the transaction that queued it, outside the write lock.
 
 Queuing (``helpdesk.outbound.queue``) fixes everything about a mail but its body:
 the recipients, the Message-ID, the threading headers, and in ``Outbox.render`` the
 template values the case does not hold (the note, the reminder, the mail being
-answered...). Mail queued in bulk by the sweep is rendered from those and the case
-as it is when the sender claims the row, and the bytes are stored in that same
-claim, so every retry sends the very same mail: rendering and MIME building are most
-of the cost of a mail, and this keeps a sweep of a thousand reminders short. Mail
-that answers a message is rendered at once with the same code (``render_mail``).
+answered...). The sender renders the mail the first time it claims the row, from
+those and the case as it is then, in a read transaction (``render_mail``), and keeps
+the bytes in a short write of their own (``keep_rendered``), so every retry sends the
+very same mail. Rendering and MIME building are most of the cost of a mail and grow
+with what the customer wrote: done this way, no mail holds the database's write lock
+for them, and a sweep of a thousand reminders stays short.
 """
 from __future__ import annotations
 
@@ -31,27 +32,6 @@ from helpdesk.mail.context import build_context
 from helpdesk.store import cases
 from helpdesk.store.orm import Case, Message, Outbox, Participant
 
-Render = Callable[[Session, Outbox], bytes]
-
-
-def render_spec(envelope: compose.Envelope, mail: Mail, message: InboundMessage | None,
-                values: dict[str, Any]) -> dict[str, Any]:
-    """What ``Outbox.render`` holds: the envelope but for the outbox row's own columns
-    (sender, recipients, Message-ID), and the template values ``_context`` needs."""
-    return _to_json({
-        "envelope": {
-            "from_name": envelope.from_name, "subject": envelope.subject,
-            "in_reply_to": envelope.in_reply_to, "references": list(envelope.references),
-            "reply_to": envelope.reply_to, "auto_submitted": envelope.auto_submitted,
-            "loop_value": envelope.loop_value, "case_ref": envelope.case_ref},
-        "message": None if message is None else {
-            "sender": message.sender, "sender_name": message.sender_name,
-            "subject": message.subject, "text": message.text, "date": message.date},
-        "note": mail.note or "\n".join(mail.errors),
-        "errors": list(mail.errors),
-        **values,
-    })
-
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
@@ -60,13 +40,57 @@ class Rendered:
     raw: bytes
 
 
+Render = Callable[[Session, Outbox], Rendered]
+
+
+def render_spec(envelope: compose.Envelope, mail: Mail, message: InboundMessage | None,
+                values: dict[str, Any]) -> dict[str, Any]:
+    """What ``Outbox.render`` holds for a case's mail: the envelope but for the outbox
+    row's own columns (sender, recipients, Message-ID), and the template values
+    ``_context`` needs."""
+    return _to_json({
+        "envelope": _envelope_fields(envelope),
+        "message": _message_fields(message),
+        "note": mail.note or "\n".join(mail.errors),
+        "errors": list(mail.errors),
+        **values,
+    })
+
+
+def notice_spec(envelope: compose.Envelope, category: str, message: InboundMessage | None,
+                note: str = "", **values: Any) -> dict[str, Any]:
+    """``Outbox.render`` of a mail about no case (one too large to take, a sign-in link,
+    the answer to ``#cases``): its category's templates, the message it answers, the
+    note, and template values such as ``portal`` and ``case_list``."""
+    return _to_json({"envelope": _envelope_fields(envelope), "category": category,
+                     "message": _message_fields(message), "note": note, "errors": [],
+                     **values})
+
+
+def _envelope_fields(envelope: compose.Envelope) -> dict[str, Any]:
+    return {"from_name": envelope.from_name, "subject": envelope.subject,
+            "in_reply_to": envelope.in_reply_to, "references": list(envelope.references),
+            "reply_to": envelope.reply_to, "auto_submitted": envelope.auto_submitted,
+            "loop_value": envelope.loop_value, "case_ref": envelope.case_ref}
+
+
+def _message_fields(message: InboundMessage | None) -> dict[str, Any] | None:
+    return None if message is None else {
+        "sender": message.sender, "sender_name": message.sender_name,
+        "subject": message.subject, "text": message.text, "date": message.date}
+
+
 def render_mail(session: Session, app: App, row: Outbox) -> Rendered:
-    """The body and the final bytes of a case's mail, from its row and the case."""
-    assert row.render is not None and row.case_id is not None
+    """The body and the final bytes of a queued mail, from its row (and its case)."""
+    assert row.render is not None
     spec = _from_json(row.render)
-    case = session.get_one(Case, row.case_id)
     now = row.created_at  # the mail is dated, and speaks, as of when it was decided
-    body = app.renderer.render(case.category, row.kind, _context(session, app, case, spec, now))
+    if row.case_id is None:
+        category, context = spec["category"], _notice_context(app, spec, now)
+    else:
+        case = session.get_one(Case, row.case_id)
+        category, context = case.category, _context(session, app, case, spec, now)
+    body = app.renderer.render(category, row.kind, context)
     envelope = compose.Envelope(
         from_address=row.mail_from, to=tuple(row.recipients), message_id=row.message_id,
         **{**spec["envelope"], "references": tuple(spec["envelope"]["references"])})
@@ -74,15 +98,29 @@ def render_mail(session: Session, app: App, row: Outbox) -> Rendered:
 
 
 def outbox_renderer(app: App) -> Render:
-    """The ``render`` the sender calls for a row whose ``raw`` is still NULL: it also
-    gives the case's copy of the mail (``message``) its text."""
-    def render(session: Session, row: Outbox) -> bytes:
-        mail = render_mail(session, app, row)
-        text, html = case_copy(mail, row.render)
-        session.execute(update(Message).where(Message.dedupe_key == row.message_id)
-                        .values(text=text, html=html))
-        return mail.raw
+    """The ``render`` the sender calls, in a read transaction, for a row whose ``raw``
+    is still NULL."""
+    def render(session: Session, row: Outbox) -> Rendered:
+        return render_mail(session, app, row)
     return render
+
+
+def keep_rendered(session: Session, row: Outbox, mail: Rendered) -> bytes:
+    """Store a rendered mail's bytes in its row, and its text in the case's copy of the
+    mail, in the caller's (short) write transaction; return the bytes to send.
+
+    If another sender stored bytes first (its claim ran out while this one rendered),
+    those win: a mail never goes out as two different renderings.
+    """
+    stored = session.execute(update(Outbox).where(Outbox.id == row.id, Outbox.raw.is_(None))
+                             .values(raw=mail.raw)
+                             .execution_options(synchronize_session=False)).rowcount
+    if not stored:
+        return session.scalars(select(Outbox.raw).where(Outbox.id == row.id)).one()
+    text, html = case_copy(mail, row.render)
+    session.execute(update(Message).where(Message.dedupe_key == row.message_id)
+                    .values(text=text, html=html))
+    return mail.raw
 
 
 def case_copy(mail: Rendered, spec: dict[str, Any] | None) -> tuple[str, str]:
@@ -95,6 +133,14 @@ def case_copy(mail: Rendered, spec: dict[str, Any] | None) -> tuple[str, str]:
         return mail.text, mail.html
     plain = link.partition("?t=")[0]
     return mail.text.replace(link, plain), mail.html.replace(link, plain)
+
+
+def _notice_context(app: App, spec: dict[str, Any], now: datetime) -> dict[str, Any]:
+    msg = spec["message"]
+    return build_context(
+        helpdesk={"name": app.settings.helpdesk.name, "address": app.settings.helpdesk.address},
+        case=None, now=now, message=msg and {**msg, "date": msg["date"] or now},
+        note=spec["note"], portal=spec.get("portal"), case_list=spec.get("case_list"))
 
 
 def _context(session: Session, app: App, case: Case, spec: dict[str, Any],

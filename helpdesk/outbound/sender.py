@@ -6,16 +6,19 @@ Exactly once, as far as SMTP allows:
    ``UPDATE outbox SET claimed_until = now + lease WHERE id = :id AND status = 'queued'
    AND next_attempt_at <= now AND (claimed_until IS NULL OR claimed_until < now)``.
    Only the sender that changed one row goes on, so two senders (threads,
-   processes, a cron ``fetch`` next to the daemon) never send the same row. A row
-   queued without its bytes is rendered here (``render``) and the bytes stored in
-   the same transaction, so every later attempt sends exactly these bytes. A mail
-   that cannot be rendered (a template broken since) is marked ``dead`` with the
-   reason, like one the server refused: never lost silently, never retried forever.
-2. **Send** with no transaction open.
-3. **Record** in a second transaction: ``sent`` only after the server accepted the
+   processes, a cron ``fetch`` next to the daemon) never send the same row.
+2. **Render** a row queued without its bytes (every mail, the first time): in a read
+   transaction (``render``), then the bytes are stored in a short write of their own
+   (``keep_rendered``), so the write lock is never held while a template runs and
+   every later attempt sends exactly these bytes. A mail that cannot be rendered (a
+   broken template) is a temporary failure like a 4xx: it stays queued with the
+   reason in ``last_error`` (``helpdesk status`` reports it) and goes out once the
+   template is fixed, or is given up like any mail after ``MAX_ATTEMPTS``/``MAX_AGE``.
+3. **Send** with no transaction open.
+4. **Record** in another transaction: ``sent`` only after the server accepted the
    mail. A row marked ``sent`` is never picked again.
 
-The one honest duplicate (SPEC, end): if the process dies between 2 and 3, the
+The one honest duplicate (SPEC, end): if the process dies between 3 and 4, the
 claim runs out after ``lease`` and the row is sent again.
 
 Outcomes: accepted → ``sent`` (recipients the server refused for good are named in
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
@@ -39,7 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock
 from helpdesk.config import Settings
-from helpdesk.outbound.render import Render
+from helpdesk.outbound.render import Render, keep_rendered
 from helpdesk.outbound.transport import (
     ConnectionFailure,
     DeliveryError,
@@ -50,6 +53,7 @@ from helpdesk.outbound.transport import (
     make_transport,
 )
 from helpdesk.core.timers import retry_at
+from helpdesk.store.db import is_storage_trouble
 from helpdesk.store.orm import Event, Outbox, Participant
 
 __all__ = [
@@ -98,7 +102,7 @@ class _Claimed:
     mail_from: str
     recipients: tuple[str, ...]
     message_id: str
-    raw: bytes | None  # None: it could not be rendered, ``render_error`` says why
+    raw: bytes | None  # None: not rendered yet, or it could not be (``render_error``)
     claimed_until: datetime
     render_error: str | None = None
 
@@ -116,14 +120,16 @@ class _Outcome:
 
 
 def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport, *,
-             limit: int = 100, lease: timedelta = LEASE,
-             render: Render | None = None) -> SendResult:
+             limit: int = 100, lease: timedelta = LEASE, render: Render | None = None,
+             reads: sessionmaker[Session] | None = None) -> SendResult:
     """Send up to ``limit`` due outbox rows; closes the transport's connection at the end.
 
-    ``render`` makes the bytes of a row queued without them (``outbound.render``).
+    ``render`` makes the bytes of a row queued without them (``outbound.render``), in a
+    session of ``reads`` (read-only sessions: ``App.reads``; default ``sessions``).
     """
+    reads = reads or sessions
     now = clock.now()
-    with sessions() as session:
+    with reads() as session:
         ids = session.scalars(
             select(Outbox.id)
             .where(Outbox.status == "queued", Outbox.next_attempt_at <= now,
@@ -133,9 +139,11 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
     result = SendResult()
     try:
         for outbox_id in ids:
-            claimed = _claim(sessions, clock, outbox_id, lease, render)
+            claimed = _claim(sessions, clock, outbox_id, lease)
             if claimed is None:
                 continue  # another sender has it, or it changed since we looked
+            if claimed.raw is None:
+                claimed = _render(sessions, reads, claimed, render)
             outcome = _attempt(transport, claimed)
             with sessions.begin() as session:
                 result += _record(session, claimed, outcome, clock.now())
@@ -149,7 +157,7 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
 
 
 def _claim(sessions: sessionmaker[Session], clock: Clock, outbox_id: int,
-           lease: timedelta, render: Render | None) -> _Claimed | None:
+           lease: timedelta) -> _Claimed | None:
     with sessions.begin() as session:
         now = clock.now()
         until = now + lease
@@ -163,31 +171,36 @@ def _claim(sessions: sessionmaker[Session], clock: Clock, outbox_id: int,
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
         row = session.get_one(Outbox, outbox_id, populate_existing=True)
-        error = None
-        if row.raw is None:
-            error = _render(session, row, render)
         return _Claimed(outbox_id, row.mail_from, tuple(row.recipients), row.message_id,
-                        row.raw, until, error)
+                        row.raw, until)
 
 
-def _render(session: Session, row: Outbox, render: Render | None) -> str | None:
-    """Store the row's bytes; or, when they cannot be made, why (the row then dies)."""
+def _render(sessions: sessionmaker[Session], reads: sessionmaker[Session], mail: _Claimed,
+            render: Render | None) -> _Claimed:
+    """The claimed mail with its bytes: rendered under a read transaction, kept in a
+    short write. When it cannot be rendered, ``render_error`` says why."""
     if render is None:
-        return "queued without its bytes, and this sender cannot render mail"
+        return replace(mail, render_error="queued without its bytes, and this sender "
+                                          "cannot render mail")
     try:
-        with session.begin_nested():  # a half-done rendering leaves nothing behind
-            row.raw = render(session, row)
+        with reads() as session:
+            row = session.get_one(Outbox, mail.id)
+            rendered = render(session, row)
     except Exception as exc:
-        log.exception("outbox=%s: could not render the mail", row.id)
-        return f"could not render the mail: {type(exc).__name__}: {exc}"
-    return None
+        if is_storage_trouble(exc):
+            raise  # the database, not the mail: like a failed claim, end the pass
+        log.exception("outbox=%s: could not render the mail", mail.id)
+        return replace(mail, render_error=f"could not render the mail: "
+                                          f"{type(exc).__name__}: {exc}")
+    with sessions.begin() as session:
+        return replace(mail, raw=keep_rendered(session, row, rendered))
 
 
 def _attempt(transport: Transport, mail: _Claimed) -> _Outcome:
     if not mail.recipients:
         return _Outcome(reason="no recipients")
-    if mail.raw is None:  # final: the same template would fail the same way next time
-        return _whole(mail.recipients, mail.render_error or "no bytes", permanent=True)
+    if mail.raw is None:  # a broken template: try again later, it may be fixed by then
+        return _whole(mail.recipients, mail.render_error or "no bytes", permanent=False)
     try:
         refused = transport.send(mail.mail_from, mail.recipients, mail.raw)
     except ConnectionFailure as exc:

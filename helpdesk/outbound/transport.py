@@ -218,7 +218,8 @@ def _describe(exc: BaseException) -> str:
 
 
 class MaildirTransport:
-    """Each mail becomes one file in ``path/new``, byte for byte as rendered.
+    """Each mail becomes one file in ``path/new``, byte for byte as rendered, readable
+    by its owner only (the folders 0700, as ``mailbox`` makes them; the files 0600).
 
     There is no envelope in a Maildir: the sender and recipients live only in the
     mail's headers. Useful as the embedded default and for tests.
@@ -231,9 +232,12 @@ class MaildirTransport:
     def send(self, mail_from: str, recipients: Sequence[str], raw: bytes) -> Refused:
         try:
             if self._maildir is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._maildir = mailbox.Maildir(self.path, factory=None, create=True)
-            self._maildir.add(raw)  # bytes are written as they are (no From-mangling)
+            key = self._maildir.add(raw)  # bytes are written as they are (no From-mangling)
+            # mailbox makes the file 0666 less the umask: narrow it (in a Maildir we
+            # created, nobody else could enter tmp/ or new/ meanwhile)
+            (self.path / "new" / key).chmod(0o600)
         except OSError as exc:
             raise ConnectionFailure(f"maildir {self.path}: {_describe(exc)}") from None
         return {}

@@ -6,6 +6,7 @@ failure anywhere here leaves no half-made case behind.
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -141,14 +142,16 @@ def store_message(session: Session, app: App, case: Case, msg: InboundMessage, k
 
 def _write_blob(root: Path, digest: str, data: bytes) -> None:
     """Content-addressed: the name is the hash, so the same file is stored once and a
-    crafted file name can never choose where it lands. Never made executable."""
+    crafted file name can never choose where it lands. Readable by the owner only
+    (folders 0700, files 0600), never executable."""
     path = root / digest[:2] / digest
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o640)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(data)
     tmp.replace(path)
 
 

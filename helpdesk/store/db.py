@@ -1,10 +1,22 @@
 """Engine, sessions and schema migrations (Alembic).
 
+Two kinds of session: ``make_sessions`` for work that writes (on SQLite each
+transaction takes the write lock up front), ``make_read_sessions`` for work that
+only reads (``cases list``, ``status``...), which never waits for that lock nor
+holds it. ``lock_timeout`` bounds every wait for a lock (or, on PostgreSQL, for a
+connection): past it the operation fails with ``OperationalError``, which
+``is_storage_trouble`` calls temporary, so the mail waits at its sender instead of
+a process hanging.
+
 The daemon refuses to start on an out-of-date schema: ``check_schema`` says what
 to run instead of letting a missing column surface later as a confusing error.
 """
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +25,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -22,35 +35,82 @@ class SchemaOutOfDate(Exception):
     pass
 
 
-def make_engine(url: str) -> Engine:
+DEFAULT_LOCK_TIMEOUT = timedelta(seconds=30)
+_READ_ONLY = "helpdesk_read_only"  # an execution option: this session only reads
+
+
+def make_engine(url: str, lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT) -> Engine:
+    seconds = lock_timeout.total_seconds()
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and not url.endswith(":memory:"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+            _create_private_file(Path(url.removeprefix("sqlite:///")))
+        engine = create_engine(url, connect_args={"timeout": seconds})
+        event.listen(engine, "connect", _sqlite_pragmas(int(seconds * 1000)))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    milliseconds = int(seconds * 1000)
+    return create_engine(url, pool_pre_ping=True, connect_args={
+        "connect_timeout": max(2, int(seconds)), "options": f"-c lock_timeout={milliseconds}"})
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers (status, cases list) run while the daemon writes.
-    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (and its folder, when we make
+    it). SQLite gives the -wal and -shm files the mode of the database file."""
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass  # another process made it first
 
 
-def _sqlite_begin_immediate(connection: Any) -> None:
-    # Take the write lock up front: two writers then queue instead of failing
-    # half-way with "database is locked" when a read lock cannot be upgraded.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_pragmas(busy_ms: int) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers (status, cases list) run while the daemon writes.
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.close()
+    return on_connect
+
+
+def _sqlite_begin(connection: Any) -> None:
+    if connection.get_execution_options().get(_READ_ONLY):
+        # A read transaction: in WAL mode it sees a snapshot and takes no lock.
+        connection.exec_driver_sql("BEGIN")
+    else:
+        # Take the write lock up front: two writers then queue instead of failing
+        # half-way with "database is locked" when a read lock cannot be upgraded.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that only reads: on SQLite they never take the write lock,
+    so ``cases list`` or ``status`` neither waits for the daemon nor holds it up."""
+    return sessionmaker(engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
+
+
+#: errno values of a full disk or quota: writing may work again later.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_storage_trouble(exc: BaseException) -> bool:
+    """Whether *exc* means the database (or the disk under it) could not take a write
+    just now, for a reason that may pass: unreachable, locked past ``lock_timeout``,
+    full. The caller keeps the work and tries again later."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.TimeoutError | sa_exc.DisconnectionError
+                  | sqlite3.OperationalError):  # the last: from a blob handle, unwrapped
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True  # the connection broke (whatever the driver calls it)
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
@@ -69,7 +129,7 @@ def head_revision(engine: Engine) -> str | None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    with engine.execution_options(**{_READ_ONLY: True}).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -57,8 +57,8 @@ class Portal:
     # ------------------------------------------------------------------ plumbing
 
     def read(self) -> Any:
-        """A session for reading a page (no transaction of its own to commit)."""
-        return self.app.sessions()
+        """A session for reading a page: never takes the write lock."""
+        return self.app.reads()
 
     def viewer(self, request: Request, session: Any = None) -> Viewer | None:
         if session is None:

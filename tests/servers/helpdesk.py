@@ -134,8 +134,11 @@ class Desk:
 
 
 def write_config(tmp: Path, config: dict[str, Any]) -> Path:
+    """The config file, readable by its owner only, as an admin keeps one that holds a
+    password (`run` refuses one that others can read)."""
     path = tmp / "helpdesk.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
     return path
 
 

@@ -1,9 +1,10 @@
-"""Timer mail is queued by the sweep without its body and rendered by the sender.
+"""Every mail is queued without its body and rendered by the sender, outside the
+transaction that queued it.
 
-The sender renders a row the first time it claims it and stores the bytes in that
-claim: every retry sends exactly those bytes. A mail that can no longer be rendered
-(a template broken after the sweep queued it) is not lost and not retried forever:
-it is marked dead with the reason, and its case records it.
+The sender renders a row the first time it claims it and keeps the bytes: every
+retry sends exactly those bytes. A mail that cannot be rendered (a broken template)
+is not lost and does not undo what caused it: it waits in the outbox with the
+reason, `helpdesk status` says so (exit 1), and it goes out once the template is fixed.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_the_bytes_are_rendered_once_and_a_retry_sends_the_same_bytes(desk, tmp_
     assert kinds(desk, ref) == ["ack", "status", "reminder"]
 
 
-def test_a_template_broken_after_the_sweep_makes_the_mail_dead_with_the_reason(
+def test_a_template_broken_after_the_sweep_keeps_the_mail_waiting_until_it_is_fixed(
         desk_factory, tmp_path):
     desk, templates = overridden_desk(desk_factory, tmp_path)
     ref = waiting_case(desk)
@@ -89,32 +90,39 @@ def test_a_template_broken_after_the_sweep_makes_the_mail_dead_with_the_reason(
     (templates / "reminder.txt.j2").write_text("Reminder {{ case.ref }\n")  # a syntax error
 
     result = deliver_all(desk.app)
-    assert (result.sent, result.dead) == (0, 1)
+    assert (result.sent, result.retried, result.dead) == (0, 1, 0)
     row = reminder_row(desk)
-    assert row.status == "dead" and row.raw is None
+    assert row.status == "queued" and row.raw is None
     assert "could not render" in row.last_error and "reminder.txt.j2" in row.last_error
     assert kinds(desk, ref) == ["ack", "status"]  # nothing half-made went out
-    with desk.app.sessions() as session:
-        [event] = session.scalars(select(Event).where(Event.type == "delivery_failed")).all()
-    assert event.detail["outbox_id"] == row.id and event.detail["kind"] == "reminder"
-    assert "could not render" in event.detail["refused"]["ana@customer.example"]
-    assert "1 undeliverable" in desk.cli("status").stdout
+    status = desk.cli("status")
+    assert status.returncode == 1
+    assert "1 outgoing mail(s) cannot be rendered" in status.stdout
+    assert "reminder.txt.j2" in status.stdout
 
-    (templates / "reminder.txt.j2").unlink()  # fixed: the dead row stays dead, not resent
+    (templates / "reminder.txt.j2").unlink()  # fixed: the mail goes out at its next attempt
     desk.clock.advance(hours=1)
-    assert deliver_all(desk.app).sent == 0
-    assert reminder_row(desk).status == "dead"
-    # and the case goes on: the next step is queued and sent as usual
-    sweep_at(desk, 5)
-    deliver_all(desk.app)
+    assert deliver_all(desk.app).sent == 1
+    assert reminder_row(desk).status == "sent"
     assert kinds(desk, ref) == ["ack", "status", "reminder"]
+    assert "cannot be rendered" not in desk.cli("status").stdout
 
 
-def test_a_broken_template_still_quarantines_the_inbound_mail_it_would_answer(
+def test_a_broken_template_stores_the_inbound_mail_and_its_answer_waits_for_the_fix(
         desk_factory, tmp_path):
     desk, templates = overridden_desk(desk_factory, tmp_path)
     (templates / "ack.txt.j2").write_text("{{ no_such_variable }}\n")
     outcome = desk.ingest(make_mail("ana@customer.example", "support@example.com", "Hi"))
-    assert outcome.status == "quarantined" and "no_such_variable" in outcome.reason
+    assert outcome.status == "new_case"  # the case is there for staff to see
+    assert [m["Subject"] for m in desk.sent()] == ["[CC-000001] Hi"]  # the staff notice
+    assert desk.sent_to("ana@customer.example") == []
     with desk.app.sessions() as session:
-        assert session.scalars(select(Outbox)).all() == []
+        ack = session.scalars(select(Outbox).where(Outbox.kind == "ack")).one()
+    assert ack.status == "queued" and "no_such_variable" in ack.last_error
+    assert "cannot be rendered" in desk.cli("status").stdout
+
+    (templates / "ack.txt.j2").unlink()
+    desk.clock.advance(hours=1)
+    deliver_all(desk.app)
+    [mail] = desk.sent_to("ana@customer.example")
+    assert mail["Subject"] == "[CC-000001] Hi"

@@ -727,24 +727,35 @@ def test_unreadable_input_is_quarantined_not_raised(desk, raw):
     assert row.error == outcome.reason
 
 
-def test_failed_list_and_retry_after_fixing_a_template(desk_factory, tmp_path):
-    overrides = tmp_path / "overrides"
-    (overrides / "default").mkdir(parents=True)
-    broken = overrides / "default" / "ack.txt.j2"
-    broken.write_text("Case {{ case.ref }\n")  # a syntax error
-    desk = desk_factory(helpdesk={"templates": str(overrides)})
+def blocked_attachment_store(desk_factory, tmp_path) -> tuple:
+    """A desk whose attachment store cannot be written (a file stands where its folder
+    should be): a mail with an attachment fails in processing until that is fixed."""
+    blocker = tmp_path / "attachments-blocked"
+    blocker.write_text("not a folder\n")
+    return desk_factory(helpdesk={"attachments": str(blocker)}), blocker
+
+
+def printer_mail_with_a_photo() -> bytes:
+    msg = email.message_from_bytes(make_mail(ANA, "support@example.com", "Printer on fire"),
+                                   _class=EmailMessage, policy=email.policy.SMTP)
+    msg.add_attachment(b"\x89PNG photo", maintype="image", subtype="png", filename="fire.png")
+    return msg.as_bytes()
+
+
+def test_failed_list_and_retry_after_fixing_the_cause(desk_factory, tmp_path):
+    desk, blocker = blocked_attachment_store(desk_factory, tmp_path)
     garbage = desk.ingest(b"")
-    outcome = desk.ingest(make_mail(ANA, "support@example.com", "Printer on fire"))
-    assert outcome.status == "quarantined" and "ack.txt.j2" in outcome.reason
+    outcome = desk.ingest(printer_mail_with_a_photo())
+    assert outcome.status == "quarantined" and "attachments-blocked" in outcome.reason
     assert all_refs(desk) == [] and desk.sent() == []  # nothing half-done
 
     listed = desk.cli("failed", "list")
     assert listed.returncode == 0, listed.stderr
-    assert "Printer on fire" in listed.stdout and "ack.txt.j2" in listed.stdout
+    assert "Printer on fire" in listed.stdout and "attachments-blocked" in listed.stdout
     assert "empty message" in listed.stdout
     assert [r["id"] for r in list_failed(desk.app)] == [garbage.inbound_id, outcome.inbound_id]
 
-    broken.unlink()  # the admin fixes the template
+    blocker.unlink()  # the admin fixes it
     retried = desk.cli("failed", "retry", str(outcome.inbound_id))
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert "new_case CC-000001" in retried.stdout
@@ -759,12 +770,9 @@ def test_failed_list_and_retry_after_fixing_a_template(desk_factory, tmp_path):
 
 
 def test_a_failing_message_does_not_block_the_next(desk_factory, tmp_path):
-    overrides = tmp_path / "overrides"
-    (overrides / "billing").mkdir(parents=True)
-    (overrides / "billing" / "ack.txt.j2").write_text("{{ no_such_variable }}\n")
-    desk = desk_factory(helpdesk={"templates": str(overrides)})
-    bad = desk.ingest(make_mail(ANA, "billing@example.com", "Invoice"))
+    desk, _ = blocked_attachment_store(desk_factory, tmp_path)
+    bad = desk.ingest(printer_mail_with_a_photo())
     good = desk.ingest(make_mail(ANA, "support@example.com", "Printer"))
-    assert bad.status == "quarantined" and "no_such_variable" in bad.reason
+    assert bad.status == "quarantined" and "attachments-blocked" in bad.reason
     assert (good.status, good.ref) == ("new_case", "CC-000001")
     assert [r.status for r in inbound_rows(desk)] == ["failed", "done"]
