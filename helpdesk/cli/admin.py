@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+
 import click
 
 from helpdesk.cli import cli, load_app, open_app
@@ -21,7 +22,7 @@ def check_config(ctx: click.Context) -> None:
             click.echo(f"template error: {error}", err=True)
         sys.exit(2)
     from helpdesk.health import trust_warnings
-    for warning in trust_warnings(settings):
+    for warning in trust_warnings(app.settings):
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"config OK: {ctx.obj['config']}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from helpdesk.outbound.deliver import deliver_all
-from helpdesk.store.orm import Case, Event, Message, Outbox
+from helpdesk.store.orm import Case, Message, Outbox
 from helpdesk.sweep import sweep
 from tests.servers.helpdesk import START, Desk, make_mail
 from tests.shell.test_lifecycle_e2e import DAY, kinds, waiting_case

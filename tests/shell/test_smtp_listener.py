@@ -299,7 +299,7 @@ def test_other_clients_get_their_250_promptly_while_huge_mails_are_stored(desk_f
     port = free_port()
     limit = 10_000_000
     desk = desk_factory(inbound={"smtp_listener": {"host": "127.0.0.1", "port": port}},
-                        limits={"max_message_size": limit})
+                        limits={"max_message_size": limit, "new_cases_per_sender": "1000/1h"})
     huge = [mail_with(folded_header("X-Padding", 1_000_000), b"A 1 MB header.\r\n", "Header"),
             mail_with(folded_header("Subject", 1_000_000), b"A 1 MB subject.\r\n", None),
             attachment_mail(limit)]

@@ -39,12 +39,16 @@ def delivered_by_our_mta(raw: bytes, verdict: str) -> bytes:
             ).encode() + raw
 
 
+def listening(**changes):
+    """The settings of a desk with its own SMTP listener (``listener`` starts it)."""
+    return {"inbound": {"smtp_listener": {"host": "127.0.0.1", "port": free_port()}}, **changes}
+
+
 @contextmanager
 def listener(desk: Desk) -> Iterator[int]:
-    port = free_port()
-    controller = start_listener(desk.app, "127.0.0.1", port)
+    controller = start_listener(desk.app)
     try:
-        yield port
+        yield desk.app.settings.inbound.smtp_listener.port
     finally:
         controller.stop()
 
@@ -81,7 +85,8 @@ def events(desk: Desk, ref: str, type_: str) -> list[dict]:
 
 # --- posing as staff -----------------------------------------------------------------------
 
-def test_forged_staff_mail_over_smtp_changes_nothing_and_reaches_no_outsider(desk):
+def test_forged_staff_mail_over_smtp_changes_nothing_and_reaches_no_outsider(desk_factory):
+    desk = desk_factory(**listening())
     """Eve writes From: the agent, with a forged `dmarc=pass` header for our own MTA's id,
     to #assign herself and resolve the case with her own text. Our MTA's real verdict
     sits above the forgery and says fail."""
@@ -254,7 +259,7 @@ def test_our_message_ids_are_keyed_and_a_made_up_one_threads_nothing(desk):
 def test_an_amplification_attempt_is_bounded_and_nothing_is_lost(desk_factory):
     """Seven mails from Eve, each with ten third parties in Cc, a victim in Reply-To and a
     long text: round 1 sent eleven acknowledgements per mail, quoting all of it."""
-    desk = desk_factory(limits={"quote_chars": 300})
+    desk = desk_factory(**listening(limits={"quote_chars": 300}))
     third_parties = [f"cc{i}@third{i}.example" for i in range(10)]
     spam = "BUY NOW at attacker.example! " * 200
     with listener(desk) as port:
