@@ -113,11 +113,16 @@ def events(case: dict, type_: str) -> list[dict]:
 
 
 @pytest.fixture
+def desk(desk_factory):
+    """A desk whose config names its own SMTP listener (``listener`` starts it)."""
+    return desk_factory(inbound={"smtp_listener": {"host": "127.0.0.1", "port": free_port()}})
+
+
+@pytest.fixture
 def listener(desk) -> Iterator[int]:
-    """The desk's own SMTP listener (aiosmtpd) on a free port."""
-    port = free_port()
-    controller = start_listener(desk.app, "127.0.0.1", port)
-    yield port
+    """The desk's own SMTP listener (aiosmtpd), started."""
+    controller = start_listener(desk.app)
+    yield desk.app.settings.inbound.smtp_listener.port
     controller.stop()
 
 

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 from datetime import timedelta
+from email import message_from_bytes
+from email.policy import SMTP
 
 from tests.servers.helpdesk import START, base_config, make_mail, merge, write_config
 
@@ -151,17 +153,19 @@ def test_cases_show_finds_a_case_by_its_number_while_it_is_unique(desk):
 # -- failed show --------------------------------------------------------------------------------
 
 def test_failed_show_gives_the_reason_and_headers_and_raw_gives_the_bytes(desk_factory, tmp_path):
-    overrides = tmp_path / "overrides" / "default"
-    overrides.mkdir(parents=True)
-    (overrides / "ack.txt.j2").write_text("Case {{ case.ref }\n")  # a syntax error
-    desk = desk_factory(helpdesk={"templates": str(overrides.parent)})
-    raw = make_mail(ANA, "support@example.com", "Printer on fire",
-                    headers={"X-Trap": "a\x1b[2Jb"})
+    blocker = tmp_path / "attachments-blocked"  # a file where the store's folder should be
+    blocker.write_text("not a folder\n")
+    desk = desk_factory(helpdesk={"attachments": str(blocker)})
+    msg = message_from_bytes(make_mail(ANA, "support@example.com", "Printer on fire",
+                                       headers={"X-Trap": "a\x1b[2Jb"}), policy=SMTP)
+    msg.add_attachment(b"%PDF-1.4 log", maintype="application", subtype="pdf",
+                       filename="log.pdf")
+    raw = msg.as_bytes(policy=SMTP)
     failed = desk.ingest(raw)
     assert failed.status == "quarantined"
     shown = desk.cli("failed", "show", str(failed.inbound_id), check=True).stdout
     assert f"Quarantined message {failed.inbound_id}" in shown
-    assert "Reason:" in shown and "ack.txt.j2" in shown
+    assert "Reason:" in shown and "attachments-blocked" in shown
     assert "  Subject: Printer on fire" in shown and "  From: Ana Garcia <ana@customer.example>" in shown
     assert "X-Trap: a?[2Jb" in shown and "\x1b" not in shown
     assert "Hello." not in shown  # the headers, not the body
