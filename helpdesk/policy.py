@@ -6,6 +6,7 @@ from helpdesk.core.classify import HygienePolicy
 from helpdesk.core.decide import CategoryPolicy, Policy
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.matching import StaffDirectory
+from helpdesk.core.selfservice import SelfServicePolicy
 from helpdesk.core.timers import TimerPolicy
 from helpdesk.mail.compose import LOOP_HEADER
 
@@ -31,7 +32,16 @@ def core_policy(settings: Settings) -> Policy:
         unknown_sender=settings.threading.unknown_sender,
         participants_per_case=settings.limits.participants_per_case,
         participants_per_message=settings.limits.participants_per_message,
+        self_service=self_service_policy(settings),
     )
+
+
+def self_service_policy(settings: Settings) -> SelfServicePolicy:
+    from helpdesk.kb.calibration import min_score
+    kb = settings.knowledge_base
+    return SelfServicePolicy(suggestions=kb.suggestions if kb.path else 0,
+                             min_score=min_score(kb.min_score),
+                             hold_staff_notice=kb.hold_staff_notice)
 
 
 def timer_policy(settings: Settings) -> TimerPolicy:

@@ -26,6 +26,7 @@ from helpdesk.core.matching import (
 )
 from helpdesk.core.model import Bounce, InboundMessage, MailKind
 from helpdesk.core.refs import normalise_subject, parse_reply_address
+from helpdesk.core.selfservice import SelfServicePolicy, Suggestion, choose, says_solved
 from helpdesk.core.trust import UNVERIFIED, SenderTrust
 
 
@@ -65,6 +66,7 @@ class Policy:
     unknown_sender: str = "new_case"  # new_case | join | reject
     participants_per_case: int = 20
     participants_per_message: int = 10
+    self_service: SelfServicePolicy = SelfServicePolicy()
 
     def category(self, name: str) -> CategoryPolicy:
         return next(c for c in self.categories if c.name == name)
@@ -80,6 +82,7 @@ class Context:
     bounced_case: CaseView | None = None  # the case whose outgoing mail this bounce is about
     open_duplicate: CaseView | None = None  # an open connection request with the same key
     sender_trust: SenderTrust = UNVERIFIED  # what the shell could verify of the sender
+    suggestions: tuple[Suggestion, ...] = ()  # knowledge-base candidates, best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,8 @@ class NewCase:
     duplicate_key: str | None
     linked_to: CaseView | None = None
     link_reason: str | None = None  # reopened | unknown_sender
+    suggestions: tuple[Suggestion, ...] = ()  # shown in the acknowledgement
+    hold_notice: bool = False  # the staff notice waits (hold_staff_notice) for self-service
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,7 @@ class Decision:
     bounce: Bounce | None = None
     run_activation: bool = False
     addresses: tuple[str, ...] = field(default=())  # support addresses the mail came to
+    drop_held_notice: bool = False  # the case was solved before its held staff notice went
 
 
 def route(msg: InboundMessage, policy: Policy) -> CategoryPolicy:
@@ -205,17 +211,24 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
     requester = requester_of(msg, policy)
     others, skipped = _new_participants(msg, policy, exclude={requester},
                                         room=policy.participants_per_case - 1)
+    shown = choose(context.suggestions, policy.self_service, _has_resolved(category.lifecycle))
+    hold = bool(shown) and bool(policy.self_service.hold_staff_notice)
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
                   subject=msg.subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
-                  link_reason=link_reason)
+                  link_reason=link_reason, suggestions=shown, hold_notice=hold)
+    notice = () if hold else (Mail(MailKind.STAFF_NOTICE, Audience.STAFF),)
     return Decision(
         Outcome.NEW_CASE, new_case=new, store_as=MailKind.NEW,
         add_participants=((requester, msg.sender_name), *others),
-        mails=(Mail(MailKind.ACK, Audience.PARTICIPANTS), Mail(MailKind.STAFF_NOTICE, Audience.STAFF)),
+        mails=(Mail(MailKind.ACK, Audience.PARTICIPANTS), *notice),
         run_activation=category.has_activation, addresses=addresses,
         events=(("participants_limit", {"skipped": skipped}),) if skipped else (),
     )
+
+
+def _has_resolved(lc: Lifecycle) -> bool:
+    return "resolved" in lifecycle.statuses(lc)
 
 
 def _new_participants(msg: InboundMessage, policy: Policy, exclude: set[str] | frozenset[str],
@@ -234,8 +247,10 @@ def _new_participants(msg: InboundMessage, policy: Policy, exclude: set[str] | f
 def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,
                        addresses: tuple[str, ...]) -> Decision:
     category = policy.category(case.category)
-    if lifecycle.is_final(category.lifecycle, case.status):
-        return _new_case(msg, Context(), policy, addresses, linked_to=case, link_reason="reopened")
+    solved = _has_resolved(category.lifecycle) and says_solved(msg.text)
+    if lifecycle.is_final(category.lifecycle, case.status) and not solved:
+        return _new_case(msg, Context(suggestions=context.suggestions), policy, addresses,
+                         linked_to=case, link_reason="reopened")
     room = policy.participants_per_case - len(case.participants)
     joining = () if msg.sender in case.participants else ((msg.sender, msg.sender_name),)
     others, left_out = _new_participants(msg, policy, exclude=case.participants | {msg.sender},
@@ -243,21 +258,28 @@ def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, po
     add = (*joining, *others)[:max(0, room)]
     body = parse_commands(msg.text)
     cancel = any(c.name == "cancel" for c in body.commands)
-    trigger = Trigger.cancel if cancel and category.lifecycle is Lifecycle.connections \
-        else Trigger.participant_reply
+    if solved:
+        trigger = Trigger.self_solved
+    elif cancel and category.lifecycle is Lifecycle.connections:
+        trigger = Trigger.cancel
+    else:
+        trigger = Trigger.participant_reply
     try:
         step = lifecycle.transition(category.lifecycle, case.status, Event(trigger))
     except IllegalTransition as exc:
         step, events = None, (("reply_not_applied", {"reason": str(exc)}),)
     else:
         events = ()
+    resolves = solved and step is not None and step.status != case.status
+    if resolves:
+        events += (("self_solved", {"by": msg.sender, "articles": list(case.suggested)}),)
     mails = _mails_of(step, note="cancelled by partner" if cancel else "") if step else ()
     skipped = left_out + len((*joining, *others)) - len(add)
     if skipped:
         events += (("participants_limit", {"skipped": skipped}),)
     return Decision(Outcome.REPLY, case=case, store_as=MailKind.REPLY, add_participants=add,
                     transitions=(step,) if step else (), events=events,
-                    mails=mails, addresses=addresses)
+                    mails=mails, addresses=addresses, drop_held_notice=resolves and case.notice_held)
 
 
 def _stranger(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,
@@ -268,7 +290,8 @@ def _stranger(msg: InboundMessage, case: CaseView, context: Context, policy: Pol
     if policy.unknown_sender == "reject":
         return Decision(Outcome.REJECTED, case=case, reasons=(f"unknown-sender: {msg.sender}",),
                         events=(("unknown_sender_rejected", {"from": msg.sender}),))
-    return _new_case(msg, Context(), policy, addresses, linked_to=case, link_reason="unknown_sender")
+    return _new_case(msg, Context(suggestions=context.suggestions), policy, addresses,
+                     linked_to=case, link_reason="unknown_sender")
 
 
 _STATUS_COMMANDS = {"waiting": "waiting", "resolve": "resolved", "close": "closed",

@@ -111,3 +111,5 @@ class MailKind(StrEnum):
     NOT_COMPLETED = "not_completed"
     TOO_LARGE = "too_large"
     STAFF_NOTICE = "staff_notice"
+    SELF_SOLVED = "self_solved"  # to the customer: their `solved` reply resolved the case
+    SOLVED_NOTICE = "solved_notice"  # to staff: the customer solved the case themselves

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from helpdesk.app import App
-from helpdesk.core.decide import decide, support_addresses
+from helpdesk.core.decide import decide, route, support_addresses
 from helpdesk.core.model import InboundMessage
+from helpdesk.core.selfservice import Suggestion
 from helpdesk.mail.parsing import parse_message
 from helpdesk.store import cases
 from helpdesk.store.apply import apply_decision
@@ -70,13 +71,15 @@ def ingest_raw(app: App, raw: bytes, *, source: str, source_key: str | None = No
 
 def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
                  envelope_recipients: tuple[str, ...]) -> Outcome:
+    with app.sessions() as session:  # a re-delivery is known before anything is parsed
+        if (known := _known(session, source, source_key)) is not None:
+            return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
+    msg = parse_message(raw, envelope_recipients)
+    suggestions = _suggestions(app, msg)  # before the write transaction: it never waits on a search
     with app.sessions.begin() as session:
-        known = session.scalar(select(Inbound).where(Inbound.source == source,
-                                                     Inbound.source_key == source_key))
-        if known is not None:
+        if (known := _known(session, source, source_key)) is not None:  # raced by another process
             return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
         now = app.clock.now()
-        msg = parse_message(raw, envelope_recipients)
         inbound = Inbound(source=source, source_key=source_key, received_at=now, raw=b"",
                           envelope_recipients=list(envelope_recipients), status="done")
         session.add(inbound)
@@ -96,7 +99,7 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         context = cases.load_context(session, msg, policy, key)
         if _expire_candidates(session, app, context, now):
             context = cases.load_context(session, msg, policy, key)
-        decision = decide(msg, context, policy)
+        decision = decide(msg, replace(context, suggestions=suggestions), policy)
         case = apply_decision(session, app, decision, msg, inbound.id, now)
         inbound.outcome = str(decision.outcome)
         inbound.case_id = case.id if case else None
@@ -163,6 +166,24 @@ def _store_raw(session: Session, inbound: Inbound, raw: bytes) -> None:
         for start in range(0, len(view), _BLOB_CHUNK):
             blob.write(view[start:start + _BLOB_CHUNK])
     set_committed_value(inbound, "raw", raw)
+
+
+def _known(session: Session, source: str, source_key: str) -> Inbound | None:
+    return session.scalar(select(Inbound).where(Inbound.source == source,
+                                                Inbound.source_key == source_key))
+
+
+def _suggestions(app: App, msg: InboundMessage) -> tuple[Suggestion, ...]:
+    """The knowledge-base candidates in case this mail opens a case (the core decides
+    whether it does, and which of them to show): a search costs well under a
+    millisecond, less than finding out first whether the mail is a reply."""
+    if not app.policy.self_service.suggestions:
+        return ()
+    try:
+        return app.knowledge_base.suggest_for(msg.subject, msg.text, route(msg, app.policy).name)
+    except Exception:  # a broken knowledge base costs the suggestions, never the mail
+        log.exception("knowledge base search failed; no suggestions for mid=%s", msg.message_id)
+        return ()
 
 
 def _expire_candidates(session: Session, app: App, context, now) -> bool:
@@ -242,7 +263,6 @@ def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = 
     second notice. Machine mail gets no answer, as always.
     """
     from helpdesk.core.classify import machine_reasons
-    from helpdesk.core.decide import route
     from helpdesk.core.model import MailKind
     from helpdesk.outbound.queue import queue_notice
 

@@ -63,6 +63,10 @@ made from ``CONTEXT``:
 | `relay.text` | its plain text |
 | `relay.html_safe` | its HTML, already sanitised with nh3 (may be marked safe), or `""` |
 | `errors` | for `command_error`: list of error strings; `[]` otherwise |
+| `suggestions` | knowledge-base articles suggested when the case opened, best first: each `{title, url, summary, slug, score}`; `[]` when none |
+| `suggestions.title` | an article's title |
+| `suggestions.url` | its link |
+| `suggestions.summary` | its summary (front matter `summary`, else its first paragraph) |
 | `now` | the time of rendering (aware `datetime`, UTC) |
 
 ``case`` is ``None`` only for ``too_large`` about a mail that opened no case.
@@ -102,7 +106,7 @@ BUILTIN_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 KINDS: tuple[str, ...] = (
     "ack", "relay", "reminder", "closure", "solution", "reopened", "closed_notice",
     "status", "command_error", "credentials", "manual_review", "duplicate",
-    "not_completed", "too_large", "staff_notice",
+    "not_completed", "too_large", "staff_notice", "self_solved", "solved_notice",
 )
 PARTS: tuple[str, ...] = ("txt", "html")
 DEFAULT_DIR = "default"
@@ -145,6 +149,10 @@ CONTEXT: dict[str, str] = {
     "relay.text": "its plain text",
     "relay.html_safe": "its HTML, already sanitised with nh3 (may be marked safe), or `\"\"`",
     "errors": "for `command_error`: list of error strings; `[]` otherwise",
+    "suggestions": "knowledge-base articles suggested when the case opened, best first: each `{title, url, summary, slug, score}`; `[]` when none",
+    "suggestions.title": "an article's title",
+    "suggestions.url": "its link",
+    "suggestions.summary": "its summary (front matter `summary`, else its first paragraph)",
     "now": "the time of rendering (aware `datetime`, UTC)",
 }
 
@@ -518,6 +526,7 @@ def build_context(
     output: str = "",
     relay: Any = None,
     errors: Iterable[str] = (),
+    suggestions: Iterable[Any] = (),
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """A complete template context; every optional value defaults to "none"."""
@@ -534,6 +543,7 @@ def build_context(
         "output": output or "",
         "relay": relay,
         "errors": list(errors),
+        "suggestions": list(suggestions),
         "now": now or datetime.now(timezone.utc),
     }
 
@@ -569,8 +579,11 @@ _SAMPLE_STATUS = {
     "not_completed": ("not_completed", "not_completed"),
     "too_large": ("open", "in_progress"),
     "staff_notice": ("in_progress", "in_progress"),
+    "self_solved": ("resolved", "in_progress"),
+    "solved_notice": ("resolved", "in_progress"),
 }
 _SAMPLE_WITH_MESSAGE = {"ack", "relay", "reopened", "command_error", "duplicate", "too_large",
+                        "self_solved", "solved_notice",
                         "staff_notice", "status"}
 
 
@@ -654,6 +667,15 @@ def sample_context(
     if full or kind == "command_error":
         ctx["errors"] = ["#status: unknown status 'wating' (one of: "
                          + ", ".join(statuses) + ")", "#assign: not an address: 'sam'"]
+    if full or kind in ("ack", "staff_notice", "self_solved", "solved_notice"):
+        ctx["suggestions"] = [
+            {"slug": "booking/availability-errors", "title": "Availability answers error 500",
+             "url": "https://docs.example.com/kb/booking/availability-errors",
+             "summary": "What a 500 on the availability call means, and the three checks "
+                        "that fix it in most cases.", "score": 2.41},
+            {"slug": "how-to-reply", "title": "How to reply to a case",
+             "url": "https://docs.example.com/kb/how-to-reply", "summary": "", "score": 1.3},
+        ]
     if kind == "too_large" and not full:
         ctx["case"] = None
     return ctx

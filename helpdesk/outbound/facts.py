@@ -23,7 +23,8 @@ from helpdesk.store.orm import AutoMail, Base, Message, Participant
 # Mail only staff got, and machine mail, is nobody's parent: a customer's client could
 # not find it (In-Reply-To would name a mail the customer never saw).
 NOT_A_PARENT = tuple(str(k) for k in (MailKind.STAFF_NOTICE, MailKind.MANUAL_REVIEW,
-                                      MailKind.COMMAND_ERROR, MailKind.MACHINE))
+                                      MailKind.COMMAND_ERROR, MailKind.MACHINE,
+                                      MailKind.SOLVED_NOTICE))
 
 
 class Facts:
