@@ -3,7 +3,7 @@
 Exit codes: 0 success, 1 runtime failure (an unknown case, an unhealthy mailbox),
 2 usage or config error, 75 (EX_TEMPFAIL) when ``ingest`` could not store a mail yet.
 
-One module per group of commands (``mail``, ``cases``, ``failed``, ``admin``). This
+One module per group of commands (``mail``, ``cases``, ``failed``, ``admin``, ``kb``). This
 module imports only click: each command imports what it needs when it runs, so
 ``helpdesk --help`` and a short command start fast.
 """
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 # The command groups register themselves on ``cli`` when imported.
-from helpdesk.cli import admin, cases, failed, mail  # noqa: E402,F401
+from helpdesk.cli import admin, cases, failed, kb, mail  # noqa: E402,F401
