@@ -27,7 +27,7 @@ README = HERE / "README.md"
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 SEED = 20261102
 FLAT = 1.25  # "flat": the largest size costs at most 25% more per item than the smallest
-NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep")
+NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep", "kb")
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,15 @@ class Sizes:
     scaling_messages: int
     sweep: tuple[int, int]
     sweep_small: tuple[int, int]
+    kb_queries: int  # suggestion latency samples (among 1,000 articles)
 
 
 FULL = Sizes(ingest=(1000, 10_000), profile=500, large=24_900_000, latency=100,
              scaling=(1000, 10_000, 100_000), scaling_messages=500,
-             sweep=(1_000_000, 1000), sweep_small=(10_000, 1000))
+             sweep=(1_000_000, 1000), sweep_small=(10_000, 1000), kb_queries=1000)
 QUICK = Sizes(ingest=(50, 100), profile=30, large=5_000_000, latency=8,
               scaling=(500, 2000), scaling_messages=40,
-              sweep=(20_000, 40), sweep_small=(1000, 40))
+              sweep=(20_000, 40), sweep_small=(1000, 40), kb_queries=100)
 
 _T0 = time.monotonic()
 
@@ -279,6 +280,9 @@ def main() -> int:
             for name, seconds in list(profiled.profile["kind"].items())[:6]:
                 table.add(f"sweep time: {name}", f"{seconds / total_s:.1%}")
 
+    if "kb" in only:
+        _knowledge_base(table, results, sizes, args.seed)
+
     elapsed = time.monotonic() - _T0
     results["elapsed_s"] = elapsed
     results["date"] = started_at.isoformat(timespec="seconds")
@@ -294,6 +298,49 @@ def main() -> int:
         _write_readme(table, host, started_at, elapsed, results)
         note(f"figures written to {README.relative_to(ROOT)}")
     return 0
+
+
+def _knowledge_base(table: Table, results: dict[str, Any], sizes: Sizes, seed: int) -> None:
+    from bench import kb
+    from helpdesk.kb.calibration import AUTO_MIN_SCORE, FALSE_SUGGESTION_RATE
+
+    articles, questions = kb.load()
+    table.section(f"knowledge base: StackFAQ, {len(articles)} articles, {len(questions)} "
+                  f"questions (bench/data)")
+    note("knowledge base: recall and the threshold, plain BM25 and ours")
+    quality = {method: kb.measure_quality(method, articles, questions, seed)
+               for method in kb.METHODS}
+    results["kb_quality"] = {m: q.__dict__ for m, q in quality.items()}
+    plain, ours = quality["plain BM25"], quality["helpdesk (BM25F)"]
+    for q in (plain, ours):
+        table.add(f"{q.method}: recall@1 / recall@3", f"{q.recall_at_1:.3f} / {q.recall_at_3:.3f}",
+                  "recall@3 >= plain BM25" if q is ours else "",
+                  verdict(ours.recall_at_3 >= plain.recall_at_3) if q is ours else "")
+    rate = f"{FALSE_SUGGESTION_RATE:.0%}"
+    for q in (plain, ours):
+        table.add(f"{q.method}: threshold for {rate} false suggestions (held-out folds)",
+                  f"{q.threshold:.2f}: right article shown for {q.answered_at_threshold:.1%} "
+                  f"of answerable questions")
+    table.add(f"min_score: auto = {AUTO_MIN_SCORE}: unanswerable questions given a suggestion",
+              f"{ours.false_at_auto:.1%}", f"<= {rate}",
+              verdict(ours.false_at_auto <= FALSE_SUGGESTION_RATE))
+    table.add(f"min_score: auto = {AUTO_MIN_SCORE}: answerable, right article shown",
+              f"{ours.answered_at_auto:.1%}")
+    by_size = kb.threshold_by_size(articles, questions, seed, (25, 60, len(articles)))
+    results["kb_threshold_by_size"] = by_size
+    table.add(f"{rate} threshold by knowledge-base size (normalised; raw BM25F)",
+              ", ".join(f"{n}: {t:.2f} ({raw:.1f})" for n, t, raw in by_size))
+    note(f"knowledge base: suggestion latency, 1,000 articles, {sizes.kb_queries} mails")
+    lat = kb.measure_latency(OUT / "kb-latency", articles, questions, 1000, sizes.kb_queries,
+                             seed)
+    results["kb_latency"] = lat.__dict__
+    table.add(f"suggestion latency, {lat.articles} articles ({lat.queries} mails)",
+              f"median {lat.p50_ms:.1f} ms, p95 {lat.p95_ms:.1f} ms (max {lat.max_ms:.0f} ms)",
+              "p95 < 20 ms", verdict(lat.p95_ms < 20))
+    table.add("loading and indexing the 1,000 articles (on start and after an edit)",
+              f"{lat.load_s:.2f} s")
+    table.add("a look at the folder that finds no change (at most once a second)",
+              f"{lat.rescan_ms:.1f} ms")
 
 
 def _sender(raw: bytes) -> str:

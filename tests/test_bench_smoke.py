@@ -25,5 +25,6 @@ def test_quick_benchmarks_run_and_print_every_section():
     result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--no-readme"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    for section in ("helpdesk / limit", "one sweep", "[memory", "95th percentile"):
+    for section in ("helpdesk / limit", "one sweep", "[memory", "95th percentile", "recall@3",
+                    "suggestion latency"):
         assert section in result.stdout, section

@@ -9,6 +9,7 @@ immutable index under a lock, so a search never sees half an index.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from helpdesk.core.commands import strip_quoted
 from helpdesk.core.selfservice import Suggestion
-from helpdesk.kb.articles import Article, Problem, article_files, load_articles
+from helpdesk.kb.articles import Article, Problem, load_articles
 from helpdesk.kb.index import Index
 
 RESCAN_EVERY = 1.0  # seconds between two looks at the folder
@@ -92,16 +93,29 @@ class KnowledgeBase:
             return self._snapshot
 
     def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        """Name, modification time and size of every article file (what ``article_files``
+        lists), by ``os.scandir``: a look at 1,000 articles costs a few milliseconds."""
         if self.folder is None:
             return ()
-        found = []
-        for path in article_files(self.folder):
+        found: list[tuple[str, int, int]] = []
+        pending = [self.folder]
+        while pending:
             try:
-                stat = path.stat()
-            except OSError:  # removed between the listing and the stat: next look
+                entries = list(os.scandir(pending.pop()))
+            except OSError:  # removed or unreadable: the next look tells
                 continue
-            found.append((path.as_posix(), stat.st_mtime_ns, stat.st_size))
-        return tuple(found)
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        pending.append(Path(entry.path))
+                    elif entry.name.endswith(".md") and entry.is_file():
+                        stat = entry.stat()
+                        found.append((entry.path, stat.st_mtime_ns, stat.st_size))
+                except OSError:
+                    continue
+        return tuple(sorted(found))
 
     def _load(self, signature: tuple[tuple[str, int, int], ...]) -> _Snapshot:
         if self.folder is None:

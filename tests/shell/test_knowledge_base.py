@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from helpdesk.kb.calibration import AUTO_MIN_SCORE
 from tests.servers.helpdesk import START, Desk, make_mail, staff_auth
 from tests.servers.smtp import free_port, wait_for
 from tests.shell.test_lifecycle_e2e import html_of, kinds, last_mail, show, sweep, text_of, write
@@ -108,7 +109,7 @@ def test_the_ack_suggests_the_matching_article_in_text_and_html(desk_factory, tm
     assert set(suggestion) == {"slug", "title", "url", "score"}
     assert (suggestion["slug"], suggestion["title"], suggestion["url"]) == (
         "hardware/printer", "What to do when the printer smokes", url)
-    assert suggestion["score"] >= 1.6  # min_score: auto
+    assert suggestion["score"] >= AUTO_MIN_SCORE
     assert "Suggested:    What to do when the printer smokes" in desk.cli(
         "cases", "show", ref, check=True).stdout
     [notice] = to_staff(desk, ref)
