@@ -1,15 +1,15 @@
 """Rank articles for a text: BM25F over title, tags, summary and body, with stemming.
 
 Why this and not the database's full-text search: it must work the same for
-SQLite and PostgreSQL deployments, and PostgreSQL's ``ts_rank`` measured far
-below BM25 (bench/README.md). Why not SQLite's FTS5 in memory: its ``bm25()``
+SQLite and PostgreSQL deployments, and PostgreSQL's ``ts_rank`` ranks well below
+BM25 (README, Knowledge base). Why not SQLite's FTS5 in memory: its ``bm25()``
 weights whole columns after the fact, while BM25F weights each field's term
 frequency before saturation (a word in the title counts as three in the body,
 not as three separate matches), and the score normalisation below needs the
 index's IDF statistics, which FTS5 does not expose. A knowledge base is small (a
 few thousand articles at most), so a plain inverted index in Python, rebuilt
-when the folder changes, answers in well under a millisecond per article
-thousand (bench: p95 at 1,000 articles).
+when the folder changes, answers a mail in a few milliseconds at 1,000 articles
+(``make bench``).
 
 Scores are normalised so that one threshold means the same for every knowledge
 base (see ``calibration``): the raw BM25F sum is divided by the IDF of a word
