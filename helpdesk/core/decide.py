@@ -123,7 +123,7 @@ class Decision:
     bounce: Bounce | None = None
     run_activation: bool = False
     addresses: tuple[str, ...] = field(default=())  # support addresses the mail came to
-    drop_held_notice: bool = False  # the case was solved before its held staff notice went
+    drop_held_notice: str = ""  # why the held staff notice is not needed any more, if it is not
 
 
 def route(msg: InboundMessage, policy: Policy) -> CategoryPolicy:
@@ -279,7 +279,18 @@ def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, po
         events += (("participants_limit", {"skipped": skipped}),)
     return Decision(Outcome.REPLY, case=case, store_as=MailKind.REPLY, add_participants=add,
                     transitions=(step,) if step else (), events=events,
-                    mails=mails, addresses=addresses, drop_held_notice=resolves and case.notice_held)
+                    mails=mails, addresses=addresses,
+                    drop_held_notice=_held_notice_dropped(case, resolves, mails))
+
+
+def _held_notice_dropped(case: CaseView, resolves: bool, mails: tuple[Mail, ...]) -> str:
+    """Solved first: no agent needs to look. A reply that notifies staff now: its notice
+    takes the place of the held one."""
+    if not case.notice_held:
+        return ""
+    if resolves:
+        return "self_solved"
+    return "reply" if any(m.kind is MailKind.STAFF_NOTICE for m in mails) else ""
 
 
 def _stranger(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,

@@ -13,7 +13,9 @@ candidate articles; the core decides which to show, and recognises a customer's
   reply would). In a final status it opens no new case: it is kept on the old one.
 * The staff notice of a new case is held (``hold_staff_notice``) only when the
   acknowledgement suggested something: without a suggestion there is nothing the
-  customer could solve it with, so holding would only delay staff.
+  customer could solve it with, so holding would only delay staff. A reply that is
+  not ``solved`` while it is held notifies staff at once, as any reply does, and
+  that notice takes the place of the held one (it shows the request too).
 """
 from __future__ import annotations
 

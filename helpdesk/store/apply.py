@@ -59,8 +59,8 @@ def apply_decision(session: Session, app: App, decision: Decision, msg: InboundM
     if decision.bounce is not None:
         _mark_undeliverable(session, case, decision, now)
     if decision.drop_held_notice and case.notice_due_at is not None:
-        case.notice_due_at = None  # solved first: no agent needs to look at it
-        _event(session, case, now, "staff_notice_dropped", {"reason": "self_solved"})
+        case.notice_due_at = None
+        _event(session, case, now, "staff_notice_dropped", {"reason": decision.drop_held_notice})
     extras = _extras(session, decision, msg, actor)
     for mail in decision.mails:
         queue_mail(session, app, case, mail, now,

@@ -108,12 +108,19 @@ def test_solved_from_the_requester_resolves_and_tells_customer_and_staff(status:
         in d.events
     assert kinds(d) == [(MailKind.SELF_SOLVED, Audience.PARTICIPANTS),
                         (MailKind.SOLVED_NOTICE, Audience.STAFF)]
-    assert not d.drop_held_notice
+    assert d.drop_held_notice == ""
 
 
 def test_solved_drops_a_staff_notice_that_is_still_held():
     d = decide(mail(text="solved"), by_id(suggested("open", notice_held=True)), HOLDING)
-    assert d.drop_held_notice and [t.status for t in d.transitions] == ["resolved"]
+    assert d.drop_held_notice == "self_solved" and [t.status for t in d.transitions] == ["resolved"]
+
+
+def test_another_reply_notifies_staff_now_in_place_of_the_held_notice():
+    d = decide(mail(text="It smokes even more now."), by_id(suggested("open", notice_held=True)),
+               HOLDING)
+    assert d.drop_held_notice == "reply"
+    assert kinds(d) == [(MailKind.STAFF_NOTICE, Audience.STAFF)]
 
 
 def test_solved_on_a_resolved_case_changes_nothing_and_does_not_reopen_it():

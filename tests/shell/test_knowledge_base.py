@@ -227,6 +227,22 @@ def test_the_held_staff_notice_goes_out_after_the_delay_unless_solved(
     assert "was solved by the customer" in text_of(told)
 
 
+def test_a_reply_while_the_notice_is_held_tells_staff_at_once_and_only_once(
+        desk_factory, tmp_path):
+    desk = kb_desk(desk_factory, tmp_path, hold_staff_notice="30m")
+    ref = open_case(desk)
+    assert to_staff(desk, ref) == []
+    write(desk, ref, ANA, "The article did not help: it still smokes after unplugging.\n")
+    [notice] = to_staff(desk, ref)
+    text = " ".join(text_of(notice).split())
+    assert "it still smokes after unplugging" in text
+    assert "The request that opened the case: > Since this morning the printer smokes" in text
+    sweep(desk, START + timedelta(minutes=31))
+    assert len(to_staff(desk, ref)) == 1
+    dropped = [e for e in show(desk, ref)["events"] if e["type"] == "staff_notice_dropped"]
+    assert [e["detail"] for e in dropped] == [{"reason": "reply"}]
+
+
 # -- the daemon -------------------------------------------------------------------------------
 
 @pytest.mark.slow
