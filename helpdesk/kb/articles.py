@@ -51,7 +51,8 @@ class Problem:
 
 
 def article_files(folder: Path) -> list[Path]:
-    """Every ``.md`` file under ``folder``, in a stable order; hidden files and folders are skipped."""
+    """Every ``.md`` file under ``folder``, in a stable order; hidden files and folders
+    are skipped."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*.md")

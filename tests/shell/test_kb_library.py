@@ -71,6 +71,7 @@ def test_normalised_scores_do_not_grow_with_the_size_of_the_knowledge_base():
     """The same perfect match scores about the same among 3 articles or among 300:
     what lets one min_score serve every knowledge base (raw BM25 grows with log N)."""
     target = parse_article("printer", PRINTER)
+
     def filler(n: int) -> list:
         return [parse_article(f"f{i}", f"---\ntitle: Topic {i} alpha{i}\n---\nbeta{i} gamma{i}")
                 for i in range(n)]
@@ -109,7 +110,8 @@ def test_the_query_is_the_subject_and_the_first_part_of_the_description_without_
 
 def test_check_finds_dead_links_unknown_categories_and_duplicates(tmp_path):
     write(tmp_path, "a", "---\ntitle: Same\ncategories: [sales]\nurl: ftp://x/y\n---\n"
-                         "See [b](b.md), [gone](gone.md), [web](https://x.example/) and [c](sub/c.md).")
+                         "See [b](b.md), [gone](gone.md), [web](https://x.example/) "
+                         "and [c](sub/c.md).")
     write(tmp_path, "b", "# same\n\nbody")
     write(tmp_path, "B", "# Other\n\nbody")
     write(tmp_path, "sub/c", "# C\n\nBack to [a](../a.md).")

@@ -71,8 +71,8 @@ def kb_desk(desk_factory, tmp_path: Path, **kb: Any) -> Desk:
 
 
 def open_case(desk: Desk, subject: str = "The printer is on fire",
-              body: str = "Since this morning the printer smokes.\n", to: str = "support@example.com",
-              sender: str = ANA) -> str:
+              body: str = "Since this morning the printer smokes.\n",
+              to: str = "support@example.com", sender: str = ANA) -> str:
     outcome = desk.ingest(make_mail(sender, to, subject, body))
     assert outcome.status == "new_case" and outcome.ref, outcome
     return outcome.ref
