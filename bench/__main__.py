@@ -27,7 +27,7 @@ README = HERE / "README.md"
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 SEED = 20261102
 FLAT = 1.25  # "flat": the largest size costs at most 25% more per item than the smallest
-NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep", "web", "bounded")
+NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep", "web", "bounded", "kb")
 
 
 @dataclass(frozen=True)
@@ -44,18 +44,19 @@ class Sizes:
     web_requests: int  # per page
     bounded_subjects: tuple[int, ...]  # Subject lengths in bytes
     bounded_max: int  # limits.max_message_size of the bounded-work runs
+    kb_queries: int  # suggestion latency samples (among 1,000 articles)
 
 
 FULL = Sizes(ingest=(1000, 10_000), profile=500, large=24_900_000, latency=100,
              scaling=(1000, 10_000, 100_000), scaling_messages=500,
              sweep=(1_000_000, 1000), sweep_small=(10_000, 1000),
              web=(1000, 100_000), web_requests=100,
-             bounded_subjects=(250_000, 500_000, 1_000_000), bounded_max=25_000_000)
+             bounded_subjects=(250_000, 500_000, 1_000_000), bounded_max=25_000_000, kb_queries=1000)
 QUICK = Sizes(ingest=(50, 100), profile=30, large=5_000_000, latency=8,
               scaling=(500, 2000), scaling_messages=40,
               sweep=(20_000, 40), sweep_small=(1000, 40),
               web=(200, 2000), web_requests=10,
-              bounded_subjects=(100_000, 200_000, 400_000), bounded_max=4_000_000)
+              bounded_subjects=(100_000, 200_000, 400_000), bounded_max=4_000_000, kb_queries=100)
 
 _T0 = time.monotonic()
 
@@ -308,6 +309,8 @@ def main() -> int:
         table.add(f"bulk fill of {fmt_n(big_n)} cases", f"{big_web.fill_s:.1f} s")
     if "bounded" in only:
         results["bounded"] = _bounded(table, sizes)
+    if "kb" in only:
+        _knowledge_base(table, results, sizes, args.seed)
 
     elapsed = time.monotonic() - _T0
     results["elapsed_s"] = elapsed
@@ -367,6 +370,49 @@ def _bounded(table: Table, sizes: Sizes) -> dict[str, Any]:
             "listener": {"quiet_p95_s": bounded.p95(run.quiet),
                          "during_p95_s": bounded.p95(run.during),
                          "big_s": [s.seconds for s in run.big], "refused": run.refused}}
+
+
+def _knowledge_base(table: Table, results: dict[str, Any], sizes: Sizes, seed: int) -> None:
+    from bench import kb
+    from helpdesk.kb.calibration import AUTO_MIN_SCORE, FALSE_SUGGESTION_RATE
+
+    articles, questions = kb.load()
+    table.section(f"knowledge base: StackFAQ, {len(articles)} articles, {len(questions)} "
+                  f"questions (bench/data)")
+    note("knowledge base: recall and the threshold, plain BM25 and ours")
+    quality = {method: kb.measure_quality(method, articles, questions, seed)
+               for method in kb.METHODS}
+    results["kb_quality"] = {m: q.__dict__ for m, q in quality.items()}
+    plain, ours = quality["plain BM25"], quality["helpdesk (BM25F)"]
+    for q in (plain, ours):
+        table.add(f"{q.method}: recall@1 / recall@3", f"{q.recall_at_1:.3f} / {q.recall_at_3:.3f}",
+                  "recall@3 >= plain BM25" if q is ours else "",
+                  verdict(ours.recall_at_3 >= plain.recall_at_3) if q is ours else "")
+    rate = f"{FALSE_SUGGESTION_RATE:.0%}"
+    for q in (plain, ours):
+        table.add(f"{q.method}: threshold for {rate} false suggestions (held-out folds)",
+                  f"{q.threshold:.2f}: right article shown for {q.answered_at_threshold:.1%} "
+                  f"of answerable questions")
+    table.add(f"min_score: auto = {AUTO_MIN_SCORE}: unanswerable questions given a suggestion",
+              f"{ours.false_at_auto:.1%}", f"<= {rate}",
+              verdict(ours.false_at_auto <= FALSE_SUGGESTION_RATE))
+    table.add(f"min_score: auto = {AUTO_MIN_SCORE}: answerable, right article shown",
+              f"{ours.answered_at_auto:.1%}")
+    by_size = kb.threshold_by_size(articles, questions, seed, (25, 60, len(articles)))
+    results["kb_threshold_by_size"] = by_size
+    table.add(f"{rate} threshold by knowledge-base size (normalised; raw BM25F)",
+              ", ".join(f"{n}: {t:.2f} ({raw:.1f})" for n, t, raw in by_size))
+    note(f"knowledge base: suggestion latency, 1,000 articles, {sizes.kb_queries} mails")
+    lat = kb.measure_latency(OUT / "kb-latency", articles, questions, 1000, sizes.kb_queries,
+                             seed)
+    results["kb_latency"] = lat.__dict__
+    table.add(f"suggestion latency, {lat.articles} articles ({lat.queries} mails)",
+              f"median {lat.p50_ms:.1f} ms, p95 {lat.p95_ms:.1f} ms (max {lat.max_ms:.0f} ms)",
+              "p95 < 20 ms", verdict(lat.p95_ms < 20))
+    table.add("loading and indexing the 1,000 articles (on start and after an edit)",
+              f"{lat.load_s:.2f} s")
+    table.add("a look at the folder that finds no change (at most once a second)",
+              f"{lat.rescan_ms:.1f} ms")
 
 
 def _sender(raw: bytes) -> str:

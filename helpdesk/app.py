@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +19,9 @@ from helpdesk.core.decide import Policy
 from helpdesk.core.timers import TimerPolicy
 from helpdesk.mail.templates import BUILTIN_TEMPLATES, TemplateRenderer
 from helpdesk.store import db
+
+if TYPE_CHECKING:
+    from helpdesk.kb.library import KnowledgeBase
 
 
 @dataclass
@@ -52,6 +56,13 @@ class App:
         """The core's view of the settings, built once rather than per message."""
         from helpdesk.policy import core_policy
         return core_policy(self.settings)
+
+    @cached_property
+    def knowledge_base(self) -> KnowledgeBase:
+        """The articles, searched in process and re-read when the folder changes."""
+        from helpdesk.kb.library import KnowledgeBase
+        kb = self.settings.knowledge_base
+        return KnowledgeBase(self.settings.resolve(kb.path) if kb.path else None, kb.base_url)
 
     @cached_property
     def timer_policy(self) -> TimerPolicy:

@@ -7,6 +7,7 @@ from helpdesk.core.classify import HygienePolicy
 from helpdesk.core.decide import CategoryPolicy, Policy
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.matching import StaffDirectory
+from helpdesk.core.selfservice import SelfServicePolicy
 from helpdesk.core.timers import TimerPolicy
 from helpdesk.mail.compose import LOOP_HEADER
 
@@ -38,7 +39,16 @@ def core_policy(settings: Settings) -> Policy:
         new_cases_per_sender=tuple(settings.limits.new_cases_per_sender),
         public_domains=frozenset(settings.web.public_domains if settings.web
                                  else PUBLIC_MAIL_DOMAINS),
+        self_service=self_service_policy(settings),
     )
+
+
+def self_service_policy(settings: Settings) -> SelfServicePolicy:
+    from helpdesk.kb.calibration import min_score
+    kb = settings.knowledge_base
+    return SelfServicePolicy(suggestions=kb.suggestions if kb.path else 0,
+                             min_score=min_score(kb.min_score),
+                             hold_staff_notice=kb.hold_staff_notice)
 
 
 def timer_policy(settings: Settings) -> TimerPolicy:

@@ -1,4 +1,4 @@
-"""Run the lifecycle timers that are due: reminders, closures.
+"""Run the lifecycle timers that are due: reminders, closures, held staff notices.
 
 Due cases are found by the indexed ``case.due_at`` column, never by scanning
 every case. They are handled in chunks, each in one transaction that takes the
@@ -29,6 +29,8 @@ from helpdesk.store.orm import Case, Event
 
 log = logging.getLogger(__name__)
 
+HELD_NOTE = ("A new case. Its notice was held while the customer tried the articles we "
+             "suggested; they have not said that one of them solved it.")
 CHUNK = 200  # due cases per transaction: long enough to amortise, short enough to hold a lock
 
 
@@ -39,6 +41,10 @@ def due_case_ids(session: Session, now: datetime, limit: int = 500) -> list[int]
 
 def sweep(app: App, now: datetime) -> int:
     """Apply every due step as of ``now``; returns how many cases moved."""
+    return _sweep_timers(app, now) + send_held_notices(app, now)
+
+
+def _sweep_timers(app: App, now: datetime) -> int:
     done = 0
     while True:
         with app.sessions.begin() as session:
@@ -53,6 +59,34 @@ def sweep(app: App, now: datetime) -> int:
             facts.write()
         if len(cases) < CHUNK:
             return done
+
+
+def send_held_notices(app: App, now: datetime) -> int:
+    """Queue the new-case staff notices held for self-service (``hold_staff_notice``)
+    whose time has come; the case's ``notice_due_at`` is cleared in the same
+    transaction, so each goes once. A case solved first has none left to send."""
+    sent = 0
+    while True:
+        with app.sessions.begin() as session:
+            query = (select(Case).where(Case.notice_due_at <= now).order_by(Case.notice_due_at)
+                     .limit(CHUNK))
+            if _postgresql(session):
+                query = query.with_for_update(skip_locked=True)
+            cases = list(session.scalars(query))
+            if not cases:
+                return sent
+            facts = ChunkFacts(session, [c.id for c in cases], limit_windows(app, now))
+            for case in cases:
+                queue_mail(session, app, case, Mail(MailKind.STAFF_NOTICE, Audience.STAFF,
+                                                    note=HELD_NOTE), now, Extras(), facts)
+                facts.add(Event, case_id=case.id, at=now, type="staff_notice_sent",
+                          detail={"held_since": case.created_at.isoformat()})
+                case.notice_due_at = None
+                log.info("HELD NOTICE case=%s sent", case.ref)
+            sent += len(cases)
+            facts.write()
+        if len(cases) < CHUNK:
+            return sent
 
 
 def run_due_step(session: Session, app: App, case_id: int, now: datetime,

@@ -115,6 +115,8 @@ def show_case(app: App, ref: str) -> dict[str, Any] | None:
                             for a in session.scalars(select(Attachment)
                                                      .where(Attachment.message_id == m.id))],
         } for m in messages]
+        result["suggestions"] = [{"slug": s.slug, "title": s.title, "url": s.url, "score": s.score}
+                                 for s in cases.suggestions(session, case.id)]
         result["events"] = [{"at": _iso(e.at), "type": e.type, "detail": e.detail}
                             for e in session.scalars(select(Event).where(Event.case_id == case.id)
                                                      .order_by(Event.id))]
@@ -135,6 +137,9 @@ def render_case_text(case: dict[str, Any]) -> str:
         lines.append(f"Assignee:     {case['assignee']}")
     if case["linked_refs"]:
         lines.append(f"Linked:       {', '.join(case['linked_refs'])}")
+    if case["suggestions"]:
+        lines.append("Suggested:    " + "\n              ".join(
+            f"{s['title']} ({s['url']}, score {s['score']:.2f})" for s in case["suggestions"]))
     lines.append("\nMessages:")
     for m in case["messages"]:
         # Outgoing mail is shown with whom it went to, incoming with who wrote it.

@@ -27,5 +27,5 @@ def test_quick_benchmarks_run_and_print_every_section():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for section in ("helpdesk / limit", "one sweep", "[memory", "95th percentile",
                     "[web portal", "SQL statements: case page: staff", "[bounded work",
-                    "while a"):
+                    "while a", "recall@3", "suggestion latency"):
         assert section in result.stdout, section

@@ -3,9 +3,9 @@
 Exit codes: 0 success, 1 runtime failure (an unknown case, an unhealthy mailbox),
 2 usage or config error, 75 (EX_TEMPFAIL) when ``ingest`` could not store a mail yet.
 
-One module per group of commands (``mail``, ``cases``, ``failed``, ``admin``, ``init``). This
-module imports only click: each command imports what it needs when it runs, so
-``helpdesk --help`` and a short command start fast.
+One module per group of commands (``mail``, ``cases``, ``failed``, ``admin``, ``init``,
+``kb``, ``web``). This module imports only click: each command imports what it needs
+when it runs, so ``helpdesk --help`` and a short command start fast.
 """
 from __future__ import annotations
 
@@ -128,4 +128,4 @@ def main() -> None:
 
 
 # The command groups register themselves on ``cli`` when imported.
-from helpdesk.cli import admin, cases, failed, init, mail, web  # noqa: E402,F401
+from helpdesk.cli import admin, cases, failed, init, kb, mail, web  # noqa: E402,F401

@@ -39,6 +39,7 @@ from helpdesk.core.matching import (
 )
 from helpdesk.core.model import Bounce, InboundMessage, MailKind
 from helpdesk.core.refs import base_address, normalise_subject, untagged_subject
+from helpdesk.core.selfservice import SelfServicePolicy, Suggestion, choose, says_solved
 from helpdesk.core.trust import UNVERIFIED, SenderTrust
 
 
@@ -87,6 +88,7 @@ class Policy:
     recipients_per_mail: int = 10  # outside addresses one mail from outside may cause mail to
     new_cases_per_sender: tuple[tuple[int, timedelta], ...] = ((5, timedelta(hours=1)),)
     public_domains: frozenset[str] = frozenset()  # never one sender, never one company
+    self_service: SelfServicePolicy = SelfServicePolicy()
 
     def category(self, name: str) -> CategoryPolicy:
         return next(c for c in self.categories if c.name == name)
@@ -109,6 +111,7 @@ class Context:
     sender_trust: SenderTrust = UNVERIFIED  # what the shell could verify of the sender
     sender_known: bool = False  # the sender takes part in some case (looked up for `#cases`)
     opened_cases: tuple[OpenedCases, ...] = ()  # per new_cases_per_sender window
+    suggestions: tuple[Suggestion, ...] = ()  # knowledge-base candidates, best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,8 @@ class NewCase:
     linked_to: CaseView | None = None
     link_reason: str | None = None  # reopened | unknown_sender
     opened_by: str = ""  # the From address (the requester may be its Reply-To)
+    suggestions: tuple[Suggestion, ...] = ()  # shown in the acknowledgement
+    hold_notice: bool = False  # the staff notice waits (hold_staff_notice) for self-service
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,7 @@ class Decision:
     # Outside addresses its mails may reach in all (staff not counted); None: unbounded,
     # for what verified staff, the command line and the timers decide.
     recipient_limit: int | None = None
+    drop_held_notice: str = ""  # why the held staff notice is not needed any more, if it is not
 
 
 def route(msg: InboundMessage, policy: Policy) -> CategoryPolicy:
@@ -277,17 +283,25 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
     # A case opened by a reply to another keeps the link, not the other's tag in its subject.
     subject = msg.subject if linked_to is None else untagged_subject(msg.subject)
     others, skipped = _new_participants(msg, policy, category.name, exclude={requester}, room=room)
+    shown = choose(context.suggestions, policy.self_service, _has_resolved(category.lifecycle))
+    hold = bool(shown) and bool(policy.self_service.hold_staff_notice)
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
                   subject=subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
-                  link_reason=link_reason, opened_by=msg.sender)
+                  link_reason=link_reason, opened_by=msg.sender, suggestions=shown,
+                  hold_notice=hold)
+    notice = () if hold else (Mail(MailKind.STAFF_NOTICE, Audience.STAFF),)
     return Decision(
         Outcome.NEW_CASE, new_case=new, store_as=MailKind.NEW,
         add_participants=((requester, msg.sender_name), *others),
-        mails=(Mail(MailKind.ACK, Audience.PARTICIPANTS), Mail(MailKind.STAFF_NOTICE, Audience.STAFF)),
+        mails=(Mail(MailKind.ACK, Audience.PARTICIPANTS), *notice),
         run_activation=category.has_activation, addresses=addresses,
         events=(("participants_limit", {"skipped": skipped}),) if skipped else (),
     )
+
+
+def _has_resolved(lc: Lifecycle) -> bool:
+    return "resolved" in lifecycle.statuses(lc)
 
 
 def _new_participants(msg: InboundMessage, policy: Policy, category: str,
@@ -307,7 +321,8 @@ def _new_participants(msg: InboundMessage, policy: Policy, category: str,
 def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,
                        addresses: tuple[str, ...]) -> Decision:
     category = policy.category(case.category)
-    if lifecycle.is_final(category.lifecycle, case.status):
+    solved = _has_resolved(category.lifecycle) and says_solved(msg.text)
+    if lifecycle.is_final(category.lifecycle, case.status) and not solved:
         return _new_case(msg, context, policy, addresses, linked_to=case, link_reason="reopened")
     room = policy.participants_per_case - len(case.participants)
     joining = () if msg.sender in case.participants else ((msg.sender, msg.sender_name),)
@@ -317,21 +332,39 @@ def _participant_reply(msg: InboundMessage, case: CaseView, context: Context, po
     add = (*joining, *others)[:max(0, room)]
     body = parse_commands(msg.text)
     cancel = any(c.name == "cancel" for c in body.commands)
-    trigger = Trigger.cancel if cancel and category.lifecycle is Lifecycle.connections \
-        else Trigger.participant_reply
+    if solved:
+        trigger = Trigger.self_solved
+    elif cancel and category.lifecycle is Lifecycle.connections:
+        trigger = Trigger.cancel
+    else:
+        trigger = Trigger.participant_reply
     try:
         step = lifecycle.transition(category.lifecycle, case.status, Event(trigger))
     except IllegalTransition as exc:
         step, events = None, (("reply_not_applied", {"reason": str(exc)}),)
     else:
         events = ()
+    resolves = solved and step is not None and step.status != case.status
+    if resolves:
+        events += (("self_solved", {"by": msg.sender, "articles": list(case.suggested)}),)
     mails = _mails_of(step, note="cancelled by partner" if cancel else "") if step else ()
     skipped = left_out + len((*joining, *others)) - len(add)
     if skipped:
         events += (("participants_limit", {"skipped": skipped}),)
     return Decision(Outcome.REPLY, case=case, store_as=MailKind.REPLY, add_participants=add,
                     transitions=(step,) if step else (), events=events,
-                    mails=mails, addresses=addresses)
+                    mails=mails, addresses=addresses,
+                    drop_held_notice=_held_notice_dropped(case, resolves, mails))
+
+
+def _held_notice_dropped(case: CaseView, resolves: bool, mails: tuple[Mail, ...]) -> str:
+    """Solved first: no agent needs to look. A reply that notifies staff now: its notice
+    takes the place of the held one."""
+    if not case.notice_held:
+        return ""
+    if resolves:
+        return "self_solved"
+    return "reply" if any(m.kind is MailKind.STAFF_NOTICE for m in mails) else ""
 
 
 def _stranger(msg: InboundMessage, case: CaseView, context: Context, policy: Policy,

@@ -35,6 +35,11 @@ Decisions the SPEC leaves open, fixed here:
   participant's reply or ``#cancel`` there raises :class:`CaseClosed` (a subclass of
   ``IllegalTransition``, so a caller that only knows the base class still refuses): the caller
   opens a new case linked to this one. A staff reply there is a no-op; the caller still relays it.
+* A customer's ``solved`` (``Trigger.self_solved``, see ``selfservice``) resolves an ``open``,
+  ``in_progress`` or ``waiting`` case and starts the same 7-day clock as a staff resolution; it
+  sends the customer ``SELF_SOLVED`` and the staff ``SOLVED_NOTICE``. In ``resolved`` it is a
+  no-op (it must not reopen the case as any other reply would). Only lifecycles with
+  ``resolved`` know it.
 * The lifecycle never reads the clock, so "a reply to ``resolved`` within 7 days" is the caller's
   ordering: it runs the case's due timer (``timers.due_step``) before it applies the reply. If the
   case was closed by that, the reply meets ``closed`` and raises ``CaseClosed``.
@@ -101,13 +106,15 @@ class Trigger(StrEnum):
     activation_succeeded = "activation_succeeded"  # connections hook exited 0
     activation_failed = "activation_failed"  # connections hook failed or timed out
     cancel = "cancel"  # a participant's #cancel on a connections case
+    self_solved = "self_solved"  # a participant replied `solved` (a suggested article helped)
 
 
 # Events a participant causes: on a final status they mean "open a new linked case".
 PARTICIPANT_TRIGGERS: frozenset[Trigger] = frozenset({Trigger.participant_reply, Trigger.cancel})
 
 # Automatic mails that go to staff (the category's notify list), not to the participants.
-TO_STAFF: frozenset[MailKind] = frozenset({MailKind.MANUAL_REVIEW, MailKind.STAFF_NOTICE})
+TO_STAFF: frozenset[MailKind] = frozenset({MailKind.MANUAL_REVIEW, MailKind.STAFF_NOTICE,
+                                           MailKind.SOLVED_NOTICE})
 
 _DESCRIBE: Mapping[Trigger, str] = MappingProxyType(
     {
@@ -119,6 +126,7 @@ _DESCRIBE: Mapping[Trigger, str] = MappingProxyType(
         Trigger.activation_succeeded: "a successful activation",
         Trigger.activation_failed: "a failed activation",
         Trigger.cancel: "#cancel",
+        Trigger.self_solved: "a customer's 'solved'",
     }
 )
 
@@ -180,7 +188,7 @@ _CC, _CN = Lifecycle.customer_care, Lifecycle.connections
 _P, _S, _SET = Trigger.participant_reply, Trigger.staff_reply, Trigger.set_status
 _REM, _CLOSE = Trigger.reminder_due, Trigger.close_due
 _OK, _FAIL = Trigger.activation_succeeded, Trigger.activation_failed
-_CANCEL = Trigger.cancel
+_CANCEL, _SOLVED = Trigger.cancel, Trigger.self_solved
 _START, _STOP, _KEEP = ClockAction.start, ClockAction.stop, ClockAction.keep
 _M = MailKind
 
@@ -222,6 +230,11 @@ TRANSITIONS: Mapping[tuple[Lifecycle, str, Trigger, str | None], Transition] = M
         (_CC, "resolved", _SET, "resolved"): _t("resolved", _KEEP),
         (_CC, "resolved", _SET, "closed"): _t("closed", _STOP, _M.CLOSED_NOTICE),
         (_CC, "resolved", _CLOSE, None): _t("closed", _STOP),
+        (_CC, "open", _SOLVED, None): _t("resolved", _START, _M.SELF_SOLVED, _M.SOLVED_NOTICE),
+        (_CC, "in_progress", _SOLVED, None): _t("resolved", _START, _M.SELF_SOLVED,
+                                                 _M.SOLVED_NOTICE),
+        (_CC, "waiting", _SOLVED, None): _t("resolved", _START, _M.SELF_SOLVED, _M.SOLVED_NOTICE),
+        (_CC, "resolved", _SOLVED, None): _t("resolved", _KEEP),
         (_CC, "closed", _S, None): _t("closed", _KEEP),
         (_CC, "closed", _SET, "closed"): _t("closed", _KEEP),
         # ---- connections ----

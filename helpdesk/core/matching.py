@@ -44,6 +44,8 @@ class CaseView:
     participants: frozenset[str]
     undeliverable: frozenset[str] = frozenset()
     assignee: str | None = None
+    suggested: tuple[str, ...] = ()  # slugs of the articles its acknowledgement suggested
+    notice_held: bool = False  # its new-case staff notice has not gone yet (hold_staff_notice)
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,3 +121,5 @@ class MailKind(StrEnum):
     LOGIN = "login"  # a sign-in link for the web portal, to the address that asked
     CASE_LIST = "case_list"  # the answer to `#cases`: the sender's open cases
     UNVERIFIED_STAFF = "unverified_staff"  # to staff: a mail in a staff name was not verified
+    SELF_SOLVED = "self_solved"  # to the customer: their `solved` reply resolved the case
+    SOLVED_NOTICE = "solved_notice"  # to staff: the customer solved the case themselves

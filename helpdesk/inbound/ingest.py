@@ -28,8 +28,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from helpdesk.app import App
 from helpdesk.core.decide import Outcome as Disposition
-from helpdesk.core.decide import decide, support_addresses
+from helpdesk.core.decide import decide, route, support_addresses
 from helpdesk.core.model import InboundMessage
+from helpdesk.core.selfservice import Suggestion
 from helpdesk.inbound.verify import sender_trust
 from helpdesk.mail.parsing import HeaderLimits, parse_message
 from helpdesk.store import cases
@@ -89,6 +90,7 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         return known
     # Parsed before the write lock: it takes time.
     msg = parse_message(raw, envelope_recipients, header_limits(app))
+    suggestions = _suggestions(app, msg)  # a search, before the write lock too
     with app.sessions.begin() as session:
         known = _received(session, source, source_key)  # by another process meanwhile
         if known is not None:
@@ -114,7 +116,7 @@ def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
         context = cases.load_context(session, msg, policy, key, now, trust)
         if _expire_candidates(session, app, context, now):
             context = cases.load_context(session, msg, policy, key, now, trust)
-        decision = decide(msg, context, policy)
+        decision = decide(msg, replace(context, suggestions=suggestions), policy)
         case = apply_decision(session, app, decision, msg, inbound.id, now)
         inbound.outcome = str(decision.outcome)
         inbound.case_id = case.id if case else None
@@ -205,6 +207,19 @@ def header_limits(app: App) -> HeaderLimits:
     return HeaderLimits(header_chars=limits.header_chars, subject_chars=limits.subject_chars)
 
 
+def _suggestions(app: App, msg: InboundMessage) -> tuple[Suggestion, ...]:
+    """The knowledge-base candidates in case this mail opens a case (the core decides
+    whether it does, and which of them to show): a search costs well under a
+    millisecond, less than finding out first whether the mail is a reply."""
+    if not app.policy.self_service.suggestions:
+        return ()
+    try:
+        return app.knowledge_base.suggest_for(msg.subject, msg.text, route(msg, app.policy).name)
+    except Exception:  # a broken knowledge base costs the suggestions, never the mail
+        log.exception("knowledge base search failed; no suggestions for mid=%s", msg.message_id)
+        return ()
+
+
 def _expire_candidates(session: Session, app: App, context, now) -> bool:
     """Run a matched case's overdue closure first, so that a reply after the 7 days
     meets a closed case (and opens a new one) even if no sweep ran in between. A due
@@ -283,7 +298,6 @@ def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = 
     ``StorageUnavailable`` like ``ingest_raw``.
     """
     from helpdesk.core.classify import machine_reasons
-    from helpdesk.core.decide import route
     from helpdesk.core.model import MailKind
     from helpdesk.outbound.queue import queue_notice
 

@@ -72,6 +72,12 @@ CONTEXT: dict[str, str] = {
         "for a public mail domain)"),
     "case_list.company_domain": "their company's domain, or `\"\"`",
     "case_list.more": "how many open cases the lists leave out (the portal shows them all)",
+    "suggestions": (
+        "knowledge-base articles suggested when the case opened, best first: each `{title, url, "
+        "summary, slug, score}`; `[]` when none"),
+    "suggestions.title": "an article's title",
+    "suggestions.url": "its link",
+    "suggestions.summary": "its summary (front matter `summary`, else its first paragraph)",
 }
 
 
@@ -92,6 +98,7 @@ def build_context(
     now: datetime | None = None,
     portal: Any = None,
     case_list: Any = None,
+    suggestions: Iterable[Any] = (),
 ) -> dict[str, Any]:
     """A complete template context; every optional value defaults to "none"."""
     return {
@@ -110,6 +117,7 @@ def build_context(
         "now": now or datetime.now(timezone.utc),
         "portal": portal,
         "case_list": case_list,
+        "suggestions": list(suggestions),
     }
 
 
@@ -139,9 +147,12 @@ _SAMPLE_STATUS = {
     "login": ("open", "in_progress"),
     "case_list": ("open", "in_progress"),
     "unverified_staff": ("in_progress", "in_progress"),
+    "self_solved": ("resolved", "in_progress"),
+    "solved_notice": ("resolved", "in_progress"),
 }
 _SAMPLE_WITH_MESSAGE = {"ack", "relay", "reopened", "command_error", "duplicate", "too_large",
-                        "staff_notice", "status", "case_list", "unverified_staff"}
+                        "staff_notice", "status", "case_list", "unverified_staff",
+                        "self_solved", "solved_notice"}
 
 
 def sample_context(
@@ -225,6 +236,15 @@ def sample_context(
     if full or kind == "command_error":
         ctx["errors"] = ["#status: unknown status 'wating' (one of: "
                          + ", ".join(statuses) + ")", "#assign: not an address: 'sam'"]
+    if full or kind in ("ack", "staff_notice", "self_solved", "solved_notice"):
+        ctx["suggestions"] = [
+            {"slug": "booking/availability-errors", "title": "Availability answers error 500",
+             "url": "https://docs.example.com/kb/booking/availability-errors",
+             "summary": "What a 500 on the availability call means, and the three checks "
+                        "that fix it in most cases.", "score": 2.41},
+            {"slug": "how-to-reply", "title": "How to reply to a case",
+             "url": "https://docs.example.com/kb/how-to-reply", "summary": "", "score": 1.3},
+        ]
     base = "https://help.example.com"
     if full or kind in ("login", "case_list"):
         ctx["portal"] = {"case_url": f"{base}/cases/{ref}?t=Zm9vYmFyYmF6cXV4",

@@ -48,6 +48,7 @@ KINDS: tuple[str, ...] = (
     "ack", "relay", "reminder", "closure", "solution", "reopened", "closed_notice",
     "status", "command_error", "credentials", "manual_review", "duplicate",
     "not_completed", "too_large", "staff_notice", "login", "case_list", "unverified_staff",
+    "self_solved", "solved_notice",
 )
 PARTS: tuple[str, ...] = ("txt", "html")
 DEFAULT_DIR = "default"

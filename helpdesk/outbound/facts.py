@@ -28,7 +28,8 @@ from helpdesk.store.orm import AutoMail, Base, Message, Participant
 # inbound mail never does.
 PARTICIPANTS_SENT = (str(MailKind.NEW), str(MailKind.REPLY))
 STAFF_ONLY = (str(MailKind.STAFF_NOTICE), str(MailKind.MANUAL_REVIEW),
-              str(MailKind.COMMAND_ERROR), str(MailKind.UNVERIFIED_STAFF))
+              str(MailKind.COMMAND_ERROR), str(MailKind.UNVERIFIED_STAFF),
+              str(MailKind.SOLVED_NOTICE))
 _PSEUDO_ID = "sha256:"  # the key of a mail that had no Message-ID: nothing to refer to
 
 

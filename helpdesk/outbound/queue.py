@@ -44,7 +44,7 @@ AUTO_REPLIED_KINDS = frozenset({MailKind.ACK, MailKind.DUPLICATE, MailKind.TOO_L
                                 MailKind.COMMAND_ERROR})
 # Mail to our own staff is never rate-limited: staff must hear of every case.
 UNLIMITED_KINDS = frozenset({MailKind.RELAY, MailKind.STAFF_NOTICE, MailKind.MANUAL_REVIEW,
-                             MailKind.COMMAND_ERROR})
+                             MailKind.COMMAND_ERROR, MailKind.SOLVED_NOTICE})
 
 
 @dataclass(frozen=True, slots=True)

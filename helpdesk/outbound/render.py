@@ -173,6 +173,8 @@ def _context(session: Session, app: App, case: Case, spec: dict[str, Any],
         output=spec.get("output", ""),
         relay=spec.get("relay"),
         errors=spec["errors"],
+        suggestions=[{"slug": s.slug, "title": s.title, "url": s.url, "summary": s.summary,
+                      "score": s.score} for s in cases.suggestions(session, case.id)],
         now=now,
         portal=spec.get("portal"),
     )

@@ -31,6 +31,7 @@ from helpdesk.store.orm import (
     HookRun,
     Message,
     Participant,
+    Suggestion,
 )
 
 
@@ -61,6 +62,9 @@ def apply_decision(session: Session, app: App, decision: Decision, msg: InboundM
         _event(session, case, now, type_, dict(detail))
     if decision.bounce is not None:
         _mark_undeliverable(session, case, decision, now)
+    if decision.drop_held_notice and case.notice_due_at is not None:
+        case.notice_due_at = None
+        _event(session, case, now, "staff_notice_dropped", {"reason": decision.drop_held_notice})
     extras = _extras(session, decision, msg)
     budget = None if decision.recipient_limit is None else RecipientBudget(decision.recipient_limit)
     for mail in decision.mails:
@@ -91,6 +95,12 @@ def _create_case(session: Session, app: App, decision: Decision, now: datetime) 
     session.flush()
     _event(session, case, now, "created", {"category": new.category, "status": new.status,
                                            "requester": new.requester})
+    session.add_all(Suggestion(case_id=case.id, rank=rank, slug=s.slug, title=s.title, url=s.url,
+                               summary=s.summary, score=s.score)
+                    for rank, s in enumerate(new.suggestions, start=1))
+    if new.hold_notice:
+        case.notice_due_at = now + app.settings.knowledge_base.hold_staff_notice
+        _event(session, case, now, "staff_notice_held", {"until": case.notice_due_at.isoformat()})
     if new.linked_to is not None:
         old = session.get_one(Case, new.linked_to.id)
         session.add(CaseLink(case_id=case.id, linked_case_id=old.id, reason=new.link_reason or ""))

@@ -23,7 +23,15 @@ from helpdesk.core.refs import (
     subject_tags,
 )
 from helpdesk.core.trust import UNVERIFIED, SenderTrust
-from helpdesk.store.orm import Case, CaseLink, KeyValue, Message, Participant, RefCounter
+from helpdesk.store.orm import (
+    Case,
+    CaseLink,
+    KeyValue,
+    Message,
+    Participant,
+    RefCounter,
+    Suggestion,
+)
 
 OPEN_CONNECTION_STATUSES = ("in_progress", "pending_seller")
 
@@ -37,7 +45,15 @@ def view(session: Session, case: Case, policy: Policy) -> CaseView:
         participants=frozenset(p.address for p in rows),
         undeliverable=frozenset(p.address for p in rows if p.undeliverable),
         assignee=case.assignee,
+        suggested=tuple(s.slug for s in suggestions(session, case.id)),
+        notice_held=case.notice_due_at is not None,
     )
+
+
+def suggestions(session: Session, case_id: int) -> list[Suggestion]:
+    """What the acknowledgement of a case suggested, best first."""
+    return list(session.scalars(select(Suggestion).where(Suggestion.case_id == case_id)
+                                .order_by(Suggestion.rank)))
 
 
 def by_ref(session: Session, ref: str) -> Case | None:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -108,6 +109,9 @@ class Case(Base):
     clock_started_at: Mapped[datetime | None]
     reminders_sent: Mapped[int] = mapped_column(default=0)
     due_at: Mapped[datetime | None] = mapped_column(index=True)
+    # When the held new-case staff notice goes out (knowledge_base.hold_staff_notice);
+    # None once it went, or when it was dropped because the customer solved the case.
+    notice_due_at: Mapped[datetime | None] = mapped_column(index=True)
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="case", order_by="Participant.id")
@@ -121,6 +125,21 @@ class CaseLink(Base):
     case_id: Mapped[int] = mapped_column(ForeignKey("case.id"), index=True)
     linked_case_id: Mapped[int] = mapped_column(ForeignKey("case.id"), index=True)
     reason: Mapped[str] = mapped_column(String(40))  # reopened | unknown_sender
+
+
+class Suggestion(Base):
+    """A knowledge-base article the acknowledgement of a case suggested, as it was then."""
+
+    __tablename__ = "suggestion"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("case.id"), index=True)
+    rank: Mapped[int]  # 1 = the best
+    slug: Mapped[str] = mapped_column(String(300), index=True)
+    title: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    score: Mapped[float] = mapped_column(Float)
 
 
 class CaseAddress(Base):

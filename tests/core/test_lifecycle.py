@@ -38,7 +38,7 @@ START, STOP, KEEP = ClockAction.start, ClockAction.stop, ClockAction.keep
 P, S = Trigger.participant_reply, Trigger.staff_reply
 REM, CLOSE = Trigger.reminder_due, Trigger.close_due
 OK, FAIL = Trigger.activation_succeeded, Trigger.activation_failed
-CANCEL = Trigger.cancel
+CANCEL, SOLVED = Trigger.cancel, Trigger.self_solved
 
 ILLEGAL = IllegalTransition
 NEW_CASE = CaseClosed  # a participant wrote to a final case: the caller opens a linked case
@@ -82,6 +82,17 @@ EXPECTED: dict[tuple[Lifecycle, str, Trigger], Outcome] = {
     (CC, "closed", OK): ILLEGAL,
     (CC, "closed", FAIL): ILLEGAL,
     (CC, "closed", CANCEL): ILLEGAL,  # #cancel is not a customer care command at all
+    # a customer's `solved`: resolves a live case, never reopens a resolved one, and is only
+    # known where there is a `resolved` (the caller keeps it on a closed case: no new case)
+    (CC, "open", SOLVED): ("resolved", START, (M.SELF_SOLVED, M.SOLVED_NOTICE)),
+    (CC, "in_progress", SOLVED): ("resolved", START, (M.SELF_SOLVED, M.SOLVED_NOTICE)),
+    (CC, "waiting", SOLVED): ("resolved", START, (M.SELF_SOLVED, M.SOLVED_NOTICE)),
+    (CC, "resolved", SOLVED): ("resolved", KEEP, ()),
+    (CC, "closed", SOLVED): ILLEGAL,
+    (CN, "in_progress", SOLVED): ILLEGAL,
+    (CN, "pending_seller", SOLVED): ILLEGAL,
+    (CN, "delivered", SOLVED): ILLEGAL,
+    (CN, "not_completed", SOLVED): ILLEGAL,
     # ---- connections ----
     (CN, "in_progress", P): ("in_progress", KEEP, (M.STAFF_NOTICE,)),
     (CN, "in_progress", S): ("in_progress", KEEP, ()),
@@ -380,7 +391,7 @@ def test_timers_exist_exactly_where_the_table_accepts_them() -> None:
 
 
 def test_staff_mails_are_the_staff_facing_kinds() -> None:
-    assert TO_STAFF == {M.MANUAL_REVIEW, M.STAFF_NOTICE}
+    assert TO_STAFF == {M.MANUAL_REVIEW, M.STAFF_NOTICE, M.SOLVED_NOTICE}
     for outcome in TRANSITIONS.values():
         assert all(isinstance(kind, M) for kind in outcome.sends)
         assert len(set(outcome.sends)) == len(outcome.sends)

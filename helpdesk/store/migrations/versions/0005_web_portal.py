@@ -1,7 +1,7 @@
 """web portal: sign-in tokens, sessions, and the indexes the case lists sort by
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 """
 from alembic import op
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ import helpdesk.store.orm
 
 
 revision = '0005'
-down_revision = '0002'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
