@@ -42,10 +42,10 @@ def write_site(target: Path, kb_samples: Path = KB_SAMPLES) -> list[tuple[Path, 
     if kb_samples.is_dir() and not kb.exists():
         shutil.copytree(kb_samples, kb)
         created.append((kb, "a sample knowledge base: Markdown articles to edit"))
-    # The embedded default points at the package's samples; a site has its own copy.
-    text = text.replace("path: ../helpdesk/samples/kb", "path: ../kb")
-    if "knowledge_base:" not in text and kb.exists():
-        text += "knowledge_base: {path: ../kb}\n"
+    if kb.exists():  # the embedded default points at the package's samples: use the copy
+        text = text.replace("path: ../helpdesk/samples/kb", "path: ../kb")
+        if "knowledge_base:" not in text:
+            text += "knowledge_base: {path: ../kb}\n"
     (target / "var").mkdir(mode=0o700, exist_ok=True)
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text, encoding="utf-8")
