@@ -8,16 +8,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock, SystemClock
 from helpdesk.config import Settings, load_settings
-from helpdesk.core.decide import Policy
-from helpdesk.core.timers import TimerPolicy
-from helpdesk.mail.templates import BUILTIN_TEMPLATES, TemplateRenderer
 from helpdesk.store import db
+
+if TYPE_CHECKING:
+    from helpdesk.core.decide import Policy
+    from helpdesk.core.timers import TimerPolicy
+    from helpdesk.mail.templates import TemplateRenderer
 
 
 @dataclass
@@ -25,25 +28,26 @@ class App:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    renderer: TemplateRenderer
     clock: Clock = field(default_factory=SystemClock)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> App:
         engine = db.make_engine(settings.database_url)
-        overrides = settings.helpdesk.templates
-        return cls(
-            settings=settings,
-            engine=engine,
-            sessions=db.make_sessions(engine),
-            renderer=TemplateRenderer(BUILTIN_TEMPLATES,
-                                      settings.resolve(overrides) if overrides else None),
-            clock=clock or SystemClock(),
-        )
+        return cls(settings=settings, engine=engine, sessions=db.make_sessions(engine),
+                   clock=clock or SystemClock())
 
     @classmethod
     def from_config(cls, path: Path | str, clock: Clock | None = None) -> App:
         return cls.from_settings(load_settings(path), clock)
+
+    @cached_property
+    def renderer(self) -> TemplateRenderer:
+        """Built on first use: commands that send nothing (``status``, ``cases``) never
+        import Jinja2."""
+        from helpdesk.mail.templates import BUILTIN_TEMPLATES, TemplateRenderer
+        overrides = self.settings.helpdesk.templates
+        return TemplateRenderer(BUILTIN_TEMPLATES,
+                                self.settings.resolve(overrides) if overrides else None)
 
     @cached_property
     def policy(self) -> Policy:
