@@ -96,17 +96,24 @@ def run_daemon(app: App) -> int:
         from helpdesk.inbound.smtp_listener import start_listener
         conf = app.settings.inbound.smtp_listener
         listener = start_listener(app, conf.host, conf.port, on_stored=wake_sender.set)
+    lmtp_listeners = []
+    if app.settings.inbound.lmtp:
+        from helpdesk.inbound.lmtp_listener import start_lmtp
+        lmtp_listeners = start_lmtp(app, app.settings.inbound.lmtp, on_stored=wake_sender.set)
     for thread in threads:
         thread.daemon = True
         thread.start()
-    log.info("helpdesk running (%d mailbox(es), SMTP listener %s)",
-             len(app.settings.inbound.imap), "on" if listener else "off")
+    log.info("helpdesk running (%d mailbox(es), SMTP listener %s, LMTP listener %s)",
+             len(app.settings.inbound.imap), "on" if listener else "off",
+             "on" if lmtp_listeners else "off")
     try:
         while not stop.is_set():
             stop.wait(1.0)
     finally:
         if listener is not None:
             listener.stop()
+        for lmtp in lmtp_listeners:
+            lmtp.stop()
         for thread in threads:
             thread.join(timeout=10)
     log.info("helpdesk stopped")

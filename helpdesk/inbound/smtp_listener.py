@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class InboundHandler:
+    source = "smtp"  # recorded on the inbound row; the LMTP listener says "lmtp"
+
     def __init__(self, app: App, on_stored: Any = None) -> None:
         self._app = app
         self._on_stored = on_stored or (lambda: None)
@@ -30,7 +32,7 @@ class InboundHandler:
         try:
             # The pipeline is synchronous database work: keep the event loop free.
             outcome = await asyncio.to_thread(
-                ingest_raw, self._app, raw, source="smtp",
+                ingest_raw, self._app, raw, source=self.source,
                 envelope_recipients=tuple(a.lower() for a in envelope.rcpt_tos))
         except StorageUnavailable:
             log.exception("could not store inbound mail; asked the sender to retry")
