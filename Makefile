@@ -54,4 +54,4 @@ bench-quick: install $(VENV)/.bench-installed system-deps
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache bench/.peer-venv
