@@ -28,6 +28,6 @@ def test_quick_benchmarks_run_and_print_every_section():
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for section in ("[start-up", "helpdesk ingest (one small mail", "helpdesk / bare loop",
-                    "django-helpdesk  skipped (--no-peer)", "[several daemons", "2 daemons",
+                    "skipped (--no-peer)", "[several daemons", "2 daemons",
                     "one sweep", "[memory", "95th percentile"):
         assert section in result.stdout, section
