@@ -7,7 +7,8 @@ seconds. The holder connects, fetches, then waits with IDLE (renewed well before
 29-minute limit, and a full pass at each renewal) or sleeps ``poll_interval``;
 it checks ``stop`` at least every second. Any error ends the session: it is
 logged once per change of state, recorded in ``mailbox_state``, and the watcher
-reconnects after an exponential backoff with jitter, keeping the lock. Nothing
+tries again after an exponential backoff with jitter, letting go of the lock
+meanwhile, so that a daemon that can reach the mailbox takes it over. Nothing
 escapes a watcher, so one failing mailbox never stops the others.
 """
 from __future__ import annotations
@@ -149,6 +150,7 @@ def watch(app: App, mailbox: ImapMailbox, stop: threading.Event,
             except MailboxLost as exc:
                 log.warning("%s", exc)
             except Exception as exc:
+                turn.lock.release()  # another daemon may reach the server while we wait
                 try:
                     health.failed(describe(exc, mailbox))
                 except Exception:

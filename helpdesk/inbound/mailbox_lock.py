@@ -66,7 +66,8 @@ class MailboxLock(Protocol):
     def held(self) -> bool:
         """Whether this process still holds it (False after a lost lock connection)."""
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Let go of it, if held; ``acquire`` may take it again later."""
 
 
 def this_process() -> str:

@@ -8,13 +8,18 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from helpdesk.app import App
+from helpdesk.config import ImapMailbox
+from helpdesk.inbound.imap import watch
+from helpdesk.store.orm import MailboxState
 from tests.servers.helpdesk import make_mail
-from tests.servers.smtp import wait_for
+from tests.servers.smtp import free_port, wait_for
 
 pytestmark = pytest.mark.imap
 
@@ -103,3 +108,36 @@ def test_a_cron_fetch_leaves_a_mailbox_the_daemon_holds_and_status_names_the_dae
     assert "no process is fetching it right now" in desk.cli("status").stdout
     fetch = desk.cli("fetch")  # nobody holds it now: the cron pass fetches
     assert fetch.returncode == 0 and "skipped" not in fetch.stderr
+
+
+def test_a_daemon_that_cannot_reach_the_server_lets_another_fetch_the_mailbox(
+        dovecot, desk_factory):
+    """Two watchers of one mailbox on one database: the first to take the lock cannot
+    reach the IMAP server (its network is broken; here: a port nobody listens on). It
+    lets go of the lock while it waits to try again, and the other one fetches."""
+    desk = desk_factory(inbound={"imap": dovecot.mailbox_config()})
+    reachable = desk.app.settings.inbound.imap[0]
+    cut_off = ImapMailbox(**{**reachable.model_dump(), "port": free_port()})
+    other = App.from_settings(desk.app.settings, clock=desk.clock)
+    stop = threading.Event()
+    backoff = {"backoff_base": 1.0, "backoff_cap": 4.0}
+    first = threading.Thread(target=watch, args=(other, cut_off, stop), kwargs=backoff)
+    second = threading.Thread(target=watch, args=(desk.app, reachable, stop), kwargs=backoff)
+    try:
+        first.start()
+
+        def failed_once() -> bool:
+            with desk.app.sessions() as session:
+                state = session.get(MailboxState, "default")
+                return state is not None and state.last_error_at is not None
+        wait_for(failed_once, timeout=15, interval=0.1)
+        second.start()
+        dovecot.append(make_mail("ana@customer.example", "support@example.com", "Printer"))
+        wait_for(lambda: dovecot.count("Processed") == 1, timeout=30, interval=0.3)
+    finally:
+        stop.set()
+        for thread in (first, second):
+            if thread.ident is not None:  # started
+                thread.join(timeout=15)
+        other.close()
+    assert dovecot.count("INBOX") == 0
