@@ -62,4 +62,4 @@ bench-quick: install $(VENV)/.bench-installed system-deps
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) var .pytest_cache build dist
+	rm -rf $(VENV) var .pytest_cache build dist bench/.peer-venv

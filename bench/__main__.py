@@ -1,14 +1,19 @@
-"""``python -m bench [--quick] [--only NAMES] [--no-readme]``: run the benchmarks, print one table.
+"""``python -m bench [--quick] [--only NAMES] [--no-peer] [--no-readme]``: run the benchmarks,
+print one table.
 
 The full run (``make bench``) also rewrites the figures block of bench/README.md;
 ``--quick`` (``make bench-quick``, a CI smoke run) uses small sizes and leaves the
-README alone. Work files (databases, logs, profiles) go to bench/out/.
+README alone. ``--no-peer`` leaves django-helpdesk out of the ingest comparison (it
+is installed from PyPI into bench/.peer-venv the first time: half a minute and a
+network); the smoke test (tests/test_bench_smoke.py) runs with it. Work files
+(databases, logs, profiles) go to bench/out/.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -27,12 +32,14 @@ README = HERE / "README.md"
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 SEED = 20261102
 FLAT = 1.25  # "flat": the largest size costs at most 25% more per item than the smallest
-NAMES = ("ingest", "profile", "memory", "latency", "scaling", "sweep", "web", "bounded", "kb")
+NAMES = ("startup", "ingest", "daemons", "profile", "memory", "latency", "scaling", "sweep",
+         "web", "bounded", "kb")
 
 
 @dataclass(frozen=True)
 class Sizes:
     ingest: tuple[int, ...]
+    daemons: int
     profile: int
     large: int
     latency: int
@@ -47,12 +54,13 @@ class Sizes:
     kb_queries: int  # suggestion latency samples (among 1,000 articles)
 
 
-FULL = Sizes(ingest=(1000, 10_000), profile=500, large=24_900_000, latency=100,
+FULL = Sizes(ingest=(2000, 10_000), daemons=2000, profile=500, large=24_900_000, latency=100,
              scaling=(1000, 10_000, 100_000), scaling_messages=500,
              sweep=(1_000_000, 1000), sweep_small=(10_000, 1000),
              web=(1000, 100_000), web_requests=100,
-             bounded_subjects=(250_000, 500_000, 1_000_000), bounded_max=25_000_000, kb_queries=1000)
-QUICK = Sizes(ingest=(50, 100), profile=30, large=5_000_000, latency=8,
+             bounded_subjects=(250_000, 500_000, 1_000_000), bounded_max=25_000_000,
+             kb_queries=1000)
+QUICK = Sizes(ingest=(50, 100), daemons=40, profile=30, large=5_000_000, latency=8,
               scaling=(500, 2000), scaling_messages=40,
               sweep=(20_000, 40), sweep_small=(1000, 40),
               web=(200, 2000), web_requests=10,
@@ -106,6 +114,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 1 min)")
     parser.add_argument("--only", default=",".join(NAMES),
                         help=f"comma-separated subset of {','.join(NAMES)}")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="leave django-helpdesk out of the ingest comparison")
     parser.add_argument("--no-readme", action="store_true",
                         help="do not rewrite the figures in bench/README.md")
     parser.add_argument("--seed", type=int, default=SEED)
@@ -115,8 +125,10 @@ def main() -> int:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     sizes = QUICK if args.quick else FULL
 
-    from bench import corpus, machine, servers
+    from bench import corpus, machine, peer, servers
+    from bench import daemons as daemons_bench
     from bench import ingest as ingest_bench
+    from bench import startup as startup_bench
     from bench import latency as latency_bench
     from bench import memory as memory_bench
     from bench import scaling as scaling_bench
@@ -134,9 +146,23 @@ def main() -> int:
                                "durable_commit_ms": commit_ms}
     table.section("machine")
     table.add("durable SQLite commit (WAL, fsync)", f"{commit_ms:.1f} ms")
+    table.add("load average at the start (1, 5, 15 min)",
+              ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
-    need_corpus = only & {"ingest", "profile", "latency", "scaling"}
+    if "startup" in only:
+        note("start-up: import time per command")
+        table.section("start-up: import time (python -X importtime, best of 5), wall time")
+        for run in startup_bench.measure(OUT / "startup"):
+            results.setdefault("startup", []).append(run.__dict__)
+            table.add(run.command, f"{run.import_ms:.0f} ms import, {run.modules} modules, "
+                      f"{run.wall_ms:.0f} ms wall; ms by package: {run.top()}")
+
+    with_peer = not args.no_peer and "ingest" in only
+    if with_peer:
+        results["peer_version"] = peer.ensure_installed(note)
+    need_corpus = only & {"ingest", "daemons", "profile", "latency", "scaling"}
     largest = max([*(sizes.ingest if "ingest" in only else ()),
+                   sizes.daemons if "daemons" in only else 0,
                    sizes.profile if "profile" in only else 0,
                    sizes.scaling_messages if "scaling" in only else 0, 200])
     raws: list[bytes] = []
@@ -155,31 +181,43 @@ def main() -> int:
                                         sorted(stats.charsets.items(), key=lambda kv: -kv[1])))
 
     ingest_runs: list[Any] = []
-    if only & {"ingest", "profile", "memory", "latency"}:
+    if only & {"ingest", "daemons", "profile", "memory", "latency"}:
         note("starting Dovecot and the SMTP server")
         with servers.dovecot() as dovecot, servers.mta() as mta:
             handler = mta.handler
             if "ingest" in only:
-                table.section("ingest: `helpdesk fetch`, first FETCH to last SMTP ack")
+                table.section("ingest side by side: first FETCH to last mail accepted by SMTP")
                 for n in sizes.ingest:
-                    note(f"ingest {n}: APPEND, limit, helpdesk fetch")
-                    run = ingest_bench.measure(dovecot, handler, mta.port, raws[:n], OUT)
+                    note(f"ingest {n}: bare loop, helpdesk fetch"
+                         + (", django-helpdesk" if with_peer else ""))
+                    run = ingest_bench.measure(dovecot, handler, mta.port, raws[:n], OUT,
+                                               with_peer=with_peer)
                     ingest_runs.append(run)
                     results[f"ingest_{n}"] = run.__dict__ | {"ratio": run.ratio}
-                    table.add(f"{fmt_n(n)} msgs ({run.mb:.0f} MB): helpdesk fetch",
-                              f"{run.helpdesk_rate:.1f} msg/s ({run.helpdesk_s:.1f} s, "
-                              f"{run.acks} mails out"
-                              + (f", {run.runs} runs" if run.runs > 1 else "") + ")")
-                    table.add(f"{fmt_n(n)} msgs: limit (FETCH+parse+INSERT)",
-                              f"{run.limit_rate:.1f} msg/s ({run.limit_s:.1f} s)")
-                    table.add(f"{fmt_n(n)} msgs: helpdesk / limit", f"{run.ratio:.1%}", ">= 50%",
-                              verdict(run.ratio >= 0.5))
+                    _ingest_rows(table, run, with_peer)
                 if len(ingest_runs) > 1:
                     a, b = ingest_runs[0], ingest_runs[-1]
                     growth = (b.helpdesk_s / b.n) / (a.helpdesk_s / a.n)
-                    table.add(f"per message {fmt_n(a.n)} -> {fmt_n(b.n)} (IMAP)",
+                    table.add(f"helpdesk per message {fmt_n(a.n)} -> {fmt_n(b.n)}",
                               f"{a.helpdesk_s / a.n * 1000:.1f} -> {b.helpdesk_s / b.n * 1000:.1f} ms"
                               f" (x{growth:.2f})", f"flat (<= x{FLAT})", verdict(growth <= FLAT))
+            if "daemons" in only:
+                n = sizes.daemons
+                table.section(f"several daemons on one PostgreSQL, one mailbox, {n} msgs: "
+                              "daemons' start to last mail accepted")
+                with servers.postgres() as postgres:
+                    single = None
+                    for count in (1, 2):
+                        note(f"daemons: {count} x helpdesk run on PostgreSQL, {n} messages")
+                        run = daemons_bench.measure(dovecot, handler, mta.port, postgres, raws[:n],
+                                                    OUT / f"daemons-{count}", count)
+                        results[f"daemons_{count}"] = run.__dict__
+                        single = single or run
+                        table.add(f"{count} daemon{'s' if count > 1 else ''}",
+                                  f"{run.rate:.1f} msg/s ({run.seconds:.1f} s, CPU "
+                                  f"{run.cpu_s * 1000 / n:.1f} ms/msg, {run.mails_out} mails out)"
+                                  + (f"; x{run.rate / single.rate:.2f} of 1 daemon"
+                                     if count > 1 else ""))
             if "profile" in only:
                 n = sizes.profile
                 note(f"profile: helpdesk fetch of {n} messages under pyinstrument")
@@ -413,6 +451,31 @@ def _knowledge_base(table: Table, results: dict[str, Any], sizes: Sizes, seed: i
               f"{lat.load_s:.2f} s")
     table.add("a look at the folder that finds no change (at most once a second)",
               f"{lat.rescan_ms:.1f} ms")
+
+
+def _ingest_rows(table: Table, run: Any, with_peer: bool) -> None:
+    n = run.n
+
+    def row(label: str, c: Any, extra: str = "") -> None:
+        table.add(f"{fmt_n(n)} msgs: {label}",
+                  f"{c.rate(n):.1f} msg/s ({c.seconds:.1f} s), CPU {c.cpu_s * 1000 / n:.1f} ms/msg, "
+                  f"{c.mails_out / n:.2f} mails out/msg{extra}")
+
+    row("bare loop (FETCH+parse+INSERT+ack)", run.bare)
+    row(f"helpdesk fetch ({run.mb:.0f} MB)", run.helpdesk,
+        f" (ack + staff notice){f'; {run.runs} runs' if run.runs > 1 else ''}")
+    if with_peer and run.peer is not None:
+        row("django-helpdesk 2.6.1 get_email", run.peer,
+            f" (ack or update + staff notice + Cc); took {run.peer_counts['messages']} of {n}, "
+            f"{run.peer_counts['tickets']} tickets")
+        table.add(f"{fmt_n(n)} msgs: helpdesk / django-helpdesk",
+                  f"x{run.helpdesk.rate(n) / run.peer.rate(n):.2f} the msg/s, "
+                  f"x{run.helpdesk.cpu_s / run.peer.cpu_s:.2f} the CPU per message")
+    else:
+        table.add(f"{fmt_n(n)} msgs: django-helpdesk", "skipped (--no-peer)")
+    table.add(f"{fmt_n(n)} msgs: helpdesk / bare loop", f"{run.ratio:.1%} the msg/s, "
+              f"x{run.helpdesk.cpu_s / run.bare.cpu_s:.1f} the CPU per message", ">= 50%",
+              verdict(run.ratio >= 0.5))
 
 
 def _sender(raw: bytes) -> str:

@@ -1,32 +1,39 @@
-"""Ingest throughput: ``helpdesk fetch`` against the limit of this machine.
+"""Ingest throughput side by side: the bare loop, ``helpdesk fetch``, django-helpdesk.
 
-For each size N: a fresh Dovecot account gets the first N messages of the corpus
-(APPEND), then
+For each size N, in one run and against the same Dovecot and aiosmtpd servers:
 
-1. the limit (``bench.limit``) reads them read-only: FETCH, mail-parser, one INSERT
-   each;
+1. the bare loop (``bench.limit``) reads the N messages of a fresh account
+   read-only: FETCH, mail-parser, one INSERT, one acknowledgement over one SMTP
+   connection, each;
 2. ``helpdesk -c CONFIG fetch``, the real command in its own process
-   (``bench.probe``), on a fresh SQLite database: every message is fetched,
-   parsed, decided and committed, moved to ``Processed``, and the outbox is then
-   delivered to a local aiosmtpd server. Timed from its first FETCH to the last
-   acknowledgement the SMTP server accepted.
+   (``bench.probe``), on a fresh SQLite database and a fresh account holding the
+   same N messages: every message is fetched, parsed, decided and committed, moved
+   to ``Processed``, and the outbox is then delivered to the SMTP server;
+3. django-helpdesk 2.6.1 (``bench.peer``), its ``get_email`` command on its own
+   SQLite database and a third account with the same N messages (skipped with
+   ``--no-peer``).
 
-Both run with the same corpus, server, batch size and SQLite settings. Peak RSS of
-the helpdesk process is noted too (the memory benchmark uses it).
+Each is timed from its first FETCH to the last mail the SMTP server accepted from
+it, and its CPU is the user+sys time of its process (``RUSAGE_CHILDREN``), start-up
+included. Mails out are what the SMTP server accepted. Peak RSS of the helpdesk
+process is noted too (the memory benchmark uses it).
 """
 from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
+from bench import peer
 from bench.servers import TimingMTA, append_all, imap_config
 from helpdesk.app import App
 from helpdesk.store import db
@@ -35,13 +42,25 @@ from tests.servers.dovecot import DovecotAccount, DovecotServer
 from tests.servers.helpdesk import base_config, merge, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
+PYCACHE = ROOT / "bench" / "out" / "pycache"
 
 
 def python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("HELPDESK_CONFIG", None)
+    # Compiled once, as an installed package is: not from source in every process.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     return env
+
+
+def cpu_of(run: Callable[[], Any]) -> tuple[Any, float]:
+    """*run*'s result and the user+sys seconds of the child processes it waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = run()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def settle() -> None:
@@ -88,9 +107,10 @@ def run_probe(config: Path, out: Path, *command: str, profile: Path | None = Non
     return json.loads(out.read_text())
 
 
-def run_limit(account: DovecotAccount, folder: str, url: str, out: Path) -> dict[str, Any]:
+def run_limit(account: DovecotAccount, folder: str, url: str, out: Path,
+              smtp_port: int) -> dict[str, Any]:
     args = [sys.executable, "-m", "bench.limit", str(out), account.host, str(account.server.port),
-            account.user, account.password, folder, url, "50"]
+            account.user, account.password, folder, url, "50", str(smtp_port)]
     subprocess.run(args, check=True, env=python_env(), timeout=1800, cwd=ROOT)
     return json.loads(out.read_text())
 
@@ -114,11 +134,22 @@ def db_counts(config: Path) -> dict[str, int]:
 
 
 @dataclass
+class Contender:
+    """One program's run over the N messages."""
+
+    seconds: float  # first FETCH to the last mail the SMTP server accepted from it
+    cpu_s: float  # user + sys of its process(es), start-up included
+    mails_out: int
+
+    def rate(self, n: int) -> float:
+        return n / self.seconds
+
+
+@dataclass
 class IngestRun:
     n: int
     mb: float
     append_s: float
-    limit_s: float
     helpdesk_s: float
     acks: int
     counts: dict[str, int]
@@ -126,10 +157,14 @@ class IngestRun:
     hwm_kb: int
     runs: int = 1  # `helpdesk fetch` runs it took to deliver everything
     profile: dict[str, Any] | None = None
+    helpdesk_cpu_s: float = float("nan")
+    bare: Contender | None = None
+    peer: Contender | None = None
+    peer_counts: dict[str, int] | None = None
 
     @property
-    def limit_rate(self) -> float:
-        return self.n / self.limit_s
+    def helpdesk(self) -> Contender:
+        return Contender(self.helpdesk_s, self.helpdesk_cpu_s, self.acks)
 
     @property
     def helpdesk_rate(self) -> float:
@@ -137,7 +172,8 @@ class IngestRun:
 
     @property
     def ratio(self) -> float:
-        return self.helpdesk_rate / self.limit_rate
+        """helpdesk / bare loop, in messages per second."""
+        return self.helpdesk_rate / self.bare.rate(self.n) if self.bare else float("nan")
 
     @property
     def peak_above_idle_mb(self) -> float:
@@ -146,35 +182,40 @@ class IngestRun:
 
 def measure(server: DovecotServer, handler: TimingMTA, smtp_port: int, raws: list[bytes],
             work: Path, *, profile: bool = False, with_limit: bool = True,
-            label: str | None = None) -> IngestRun:
+            with_peer: bool = False, label: str | None = None) -> IngestRun:
     n = len(raws)
     name = label or f"ingest-{n}"
     folder = work.resolve() / name
     folder.mkdir(parents=True, exist_ok=True)
+
+    bare = None
+    if with_limit:
+        account = server.new_account()
+        append_all(account, raws)
+        handler.reset()
+        settle()
+        limit, cpu = cpu_of(lambda: run_limit(account, "INBOX", f"sqlite:///{folder / 'limit.db'}",
+                                              folder / "limit.json", smtp_port))
+        if limit["count"] != n or len(handler.acks) != n:
+            raise RuntimeError(f"bare loop: {limit['count']} of {n} messages, "
+                               f"{len(handler.acks)} acknowledgements")
+        bare = Contender(max(a.at for a in handler.acks) - limit["first_fetch"], cpu, n)
+
     account = server.new_account()
     append_s = append_all(account, raws)
-
-    limit_s = float("nan")
-    if with_limit:
-        settle()
-        limit = run_limit(account, "INBOX", f"sqlite:///{folder / 'limit.db'}",
-                          folder / "limit.json")
-        if limit["count"] != n:
-            raise RuntimeError(f"limit run read {limit['count']} of {n} messages")
-        limit_s = limit["end"] - limit["first_fetch"]
-
     config = make_desk(folder, smtp_port, account)
     handler.reset()
     settle()
-    facts = run_probe(config, folder / "fetch.json", "fetch",
-                      profile=folder / "profile" if profile else None)
+    facts, cpu = cpu_of(lambda: run_probe(config, folder / "fetch.json", "fetch",
+                                          profile=folder / "profile" if profile else None))
     first_fetch, hwm_kb, runs = facts["first_fetch"], facts["hwm_kb"], 1
     counts = db_counts(config)
     # One `helpdesk fetch` delivers at most 10,000 mails (deliver_all: 100 passes of
     # 100); cron would run it again a minute later. We run it again at once.
     while counts["queued"] and runs < 10:
         runs += 1
-        more = run_probe(config, folder / f"fetch-{runs}.json", "fetch")
+        more, more_cpu = cpu_of(lambda: run_probe(config, folder / f"fetch-{runs}.json", "fetch"))
+        cpu += more_cpu
         hwm_kb = max(hwm_kb, more["hwm_kb"])
         counts = db_counts(config)
     acks = len(handler.acks)
@@ -184,9 +225,28 @@ def measure(server: DovecotServer, handler: TimingMTA, smtp_port: int, raws: lis
     summary = None
     if profile:
         summary = json.loads((folder / "profile.json").read_text())
-    return IngestRun(n=n, mb=sum(map(len, raws)) / 1e6, append_s=append_s,
-                     limit_s=limit_s,
-                     helpdesk_s=last_ack - first_fetch, acks=acks, counts=counts,
-                     idle_rss_kb=facts["idle_rss_kb"], hwm_kb=hwm_kb, runs=runs,
-                     profile=summary)
+    run = IngestRun(n=n, mb=sum(map(len, raws)) / 1e6, append_s=append_s,
+                    helpdesk_s=last_ack - first_fetch, acks=acks, counts=counts,
+                    idle_rss_kb=facts["idle_rss_kb"], hwm_kb=hwm_kb, runs=runs,
+                    profile=summary, helpdesk_cpu_s=cpu, bare=bare)
+    if with_peer:
+        run.peer, run.peer_counts = measure_peer(server, handler, smtp_port, raws, folder / "peer")
+    return run
 
+
+def measure_peer(server: DovecotServer, handler: TimingMTA, smtp_port: int, raws: list[bytes],
+                 folder: Path) -> tuple[Contender, dict[str, int]]:
+    """django-helpdesk's ``get_email`` over the same messages (bench.peer)."""
+    account = server.new_account()
+    append_all(account, raws)
+    project = peer.make_project(folder, smtp_port, account)
+    handler.reset()
+    settle()
+    facts, cpu = cpu_of(lambda: peer.run_get_email(project, folder / "get_email.json"))
+    counts = peer.counts(project)
+    if not counts.followups:
+        raise RuntimeError(f"django-helpdesk took none of the {len(raws)} messages")
+    last = max(a.at for a in handler.acks) if handler.acks else facts["end"]
+    # Every message it takes becomes a follow-up (the first one of a new ticket too).
+    return (Contender(last - facts["first_fetch"], cpu, len(handler.acks)),
+            {"tickets": counts.tickets, "messages": counts.followups})

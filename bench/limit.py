@@ -1,15 +1,18 @@
-"""The limit on this machine: the least any IMAP-to-database ingester must do.
+"""The bare loop: the least any IMAP-to-database helpdesk must do on this machine.
 
-    python -m bench.limit OUT.json HOST PORT USER PASSWORD FOLDER DATABASE_URL [BATCH]
+    python -m bench.limit OUT.json HOST PORT USER PASSWORD FOLDER DATABASE_URL BATCH SMTP_PORT
 
 imapclient fetches every message of FOLDER (``BODY.PEEK[]``, read-only, in
 batches of BATCH like the helpdesk's fetcher), mail-parser parses each (fed the
 way ``helpdesk.mail.parsing`` feeds it, which is faster than
-``mailparser.parse_from_bytes``: the limit must not be a straw man), and one
+``mailparser.parse_from_bytes``: the loop must not be a straw man), one
 SQLAlchemy INSERT per message (Message-ID, sender, subject and the raw bytes)
 commits in its own transaction, on an engine made by ``helpdesk.store.db`` (the
-same SQLite pragmas: WAL, a durable commit). Nothing else: no threading, no
-attachments on disk, no outgoing mail, no acknowledgement on the server.
+same SQLite pragmas: WAL, a durable commit), and one acknowledgement goes to the
+sender over one SMTP connection kept open for the whole run (a few headers and a
+line of text, formatted as a string: no template, no MIME library). Nothing else:
+no threading, no attachments on disk, no staff notice, no outbox, no
+acknowledgement on the IMAP server.
 
 imaplib's tracing is set to level 4 as ``helpdesk.inbound.imap_session.connect``
 does (imapclient's default, 5, formats a repr of every fetched body). Timed from
@@ -18,8 +21,10 @@ the first FETCH to the last commit, in a process of its own.
 from __future__ import annotations
 
 import json
+import smtplib
 import sys
 import time
+from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 import mailparser
@@ -48,12 +53,28 @@ received = Table("received", metadata,
                  Column("raw", LargeBinary, nullable=False))
 
 
+ACK = ("From: Example Support <support@example.com>\r\nTo: {to}\r\nSubject: Re: {subject}\r\n"
+       "Date: {date}\r\nMessage-ID: {mid}\r\nIn-Reply-To: {parent}\r\n"
+       "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+       "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+       "We have received your message and will answer soon.\r\n")
+
+
+def acknowledge(smtp: smtplib.SMTP, mail: mailparser.MailParser) -> None:
+    to = mail.from_[0][1] if mail.from_ else "postmaster@example.com"
+    subject = " ".join(str(mail.subject or "").split())
+    text = ACK.format(to=to, subject=subject, date=formatdate(), mid=make_msgid(domain="example.com"),
+                      parent=mail.message_id or "<>")
+    smtp.sendmail("support@example.com", [to], text.encode("utf-8"))
+
+
 def main() -> None:
-    out, host, port, user, password, folder, url, *rest = sys.argv[1:]
-    batch = int(rest[0]) if rest else 50
+    out, host, port, user, password, folder, url, batch_text, smtp_port = sys.argv[1:]
+    batch = int(batch_text)
     engine = make_engine(url)
     metadata.create_all(engine)
     count = 0
+    smtp = smtplib.SMTP("127.0.0.1", int(smtp_port), timeout=120)
     with IMAPClient(host, int(port), ssl=False, timeout=120) as client:
         client._imap.debug = 4  # as helpdesk's connect(): no repr of every fetched body
         client.login(user, password)
@@ -70,8 +91,10 @@ def main() -> None:
                     connection.execute(insert(received).values(
                         uid=uid, message_id=mail.message_id, sender=str(mail.from_),
                         subject=mail.subject, raw=raw))
+                acknowledge(smtp, mail)
                 count += 1
         end = time.monotonic()
+    smtp.quit()
     engine.dispose()
     Path(out).write_text(json.dumps({"first_fetch": first_fetch, "end": end, "count": count}))
 

@@ -8,8 +8,10 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -122,3 +124,30 @@ def append_all(account: DovecotAccount, raws: list[bytes], folder: str = "INBOX"
 
 def imap_config(account: DovecotAccount, **overrides: Any) -> dict[str, Any]:
     return account.mailbox_config(timeout="120s", **overrides)
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server in a temp dir on a loopback port (as the tests' fixture, but
+    with fsync on: a production setting); yields its URL without a database name."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    initdb = next((b / "initdb" for b in bins if (b / "initdb").exists()), None)
+    if initdb is None:
+        raise SystemExit("bench: PostgreSQL is not installed (apt-get install postgresql)")
+    pg_ctl = str(initdb.parent / "pg_ctl")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="helpdesk-bench-postgres-"))
+    base.chmod(0o777)  # the server runs as `postgres` when we are root
+    data = base / "data"
+    subprocess.run([*as_user, str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = free_port()
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(base / "log"),
+                    "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

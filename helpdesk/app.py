@@ -1,7 +1,9 @@
 """The composition root: settings, database, clock and templates, built once.
 
 Everything that needs one of these gets it from an ``App`` passed in; there are
-no module-level globals to reach for.
+no module-level globals to reach for. What only some commands need (templates,
+the knowledge base, the core's policies) is built on first use, so a command that
+does not need it never imports it.
 """
 from __future__ import annotations
 
@@ -15,13 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock, SystemClock
 from helpdesk.config import Settings, load_settings
-from helpdesk.core.decide import Policy
-from helpdesk.core.timers import TimerPolicy
-from helpdesk.mail.templates import BUILTIN_TEMPLATES, TemplateRenderer
 from helpdesk.store import db
 
 if TYPE_CHECKING:
+    from helpdesk.core.decide import Policy
+    from helpdesk.core.timers import TimerPolicy
     from helpdesk.kb.library import KnowledgeBase
+    from helpdesk.mail.templates import TemplateRenderer
 
 
 @dataclass
@@ -30,26 +32,26 @@ class App:
     engine: Engine
     sessions: sessionmaker[Session]
     reads: sessionmaker[Session]  # for work that only reads: never takes the write lock
-    renderer: TemplateRenderer
     clock: Clock = field(default_factory=SystemClock)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> App:
         engine = db.make_engine(settings.database_url, settings.database.lock_timeout)
-        overrides = settings.helpdesk.templates
-        return cls(
-            settings=settings,
-            engine=engine,
-            sessions=db.make_sessions(engine),
-            reads=db.make_read_sessions(engine),
-            renderer=TemplateRenderer(BUILTIN_TEMPLATES,
-                                      settings.resolve(overrides) if overrides else None),
-            clock=clock or SystemClock(),
-        )
+        return cls(settings=settings, engine=engine, sessions=db.make_sessions(engine),
+                   reads=db.make_read_sessions(engine), clock=clock or SystemClock())
 
     @classmethod
     def from_config(cls, path: Path | str, clock: Clock | None = None) -> App:
         return cls.from_settings(load_settings(path), clock)
+
+    @cached_property
+    def renderer(self) -> TemplateRenderer:
+        """Built on first use: commands that send nothing (``status``, ``cases``) never
+        import Jinja2."""
+        from helpdesk.mail.templates import BUILTIN_TEMPLATES, TemplateRenderer
+        overrides = self.settings.helpdesk.templates
+        return TemplateRenderer(BUILTIN_TEMPLATES,
+                                self.settings.resolve(overrides) if overrides else None)
 
     @cached_property
     def policy(self) -> Policy:

@@ -145,9 +145,35 @@ class SmtpListenerSection(_Section):
     idle_timeout: Duration = timedelta(seconds=60)  # a silent client is dropped after this
 
 
+class LmtpSection(_Section):
+    """The embedded LMTP listener (RFC 2033): the MTA hands mail to the running daemon.
+
+    TCP on ``host:port``, a Unix socket at ``path``, or both. Only ``path`` given
+    means the socket alone.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = 8024
+    path: Path | None = None  # relative to the config file's folder
+
+    @model_validator(mode="before")
+    @classmethod
+    def _socket_alone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "path" in data and "port" not in data:
+            return {**data, "port": None}
+        return data
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> LmtpSection:
+        if self.port is None and self.path is None:
+            raise ValueError("set port, path, or both")
+        return self
+
+
 class InboundSection(_Section):
     imap: list[ImapMailbox] = []
     smtp_listener: SmtpListenerSection | None = None
+    lmtp: LmtpSection | None = None
 
     @field_validator("imap", mode="before")
     @classmethod

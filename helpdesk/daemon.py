@@ -126,13 +126,17 @@ def run_daemon(app: App) -> int:
     if app.settings.inbound.smtp_listener:
         from helpdesk.inbound.smtp_listener import start_listener
         listener = start_listener(app, on_stored=wake_sender.set)
+    lmtp_listeners = []
+    if app.settings.inbound.lmtp:
+        from helpdesk.inbound.lmtp_listener import start_lmtp
+        lmtp_listeners = start_lmtp(app, app.settings.inbound.lmtp, on_stored=wake_sender.set)
     web = _start_web(app, wake_sender)
     for thread in threads:
         thread.daemon = True
         thread.start()
-    log.info("helpdesk running (%d mailbox(es), SMTP listener %s, web portal %s)",
-             len(app.settings.inbound.imap), "on" if listener else "off",
-             "on" if web else "off")
+    log.info("helpdesk running (%d mailbox(es), SMTP listener %s, LMTP listener %s, "
+             "web portal %s)", len(app.settings.inbound.imap), "on" if listener else "off",
+             "on" if lmtp_listeners else "off", "on" if web else "off")
     try:
         while not stop.is_set():
             stop.wait(1.0)
@@ -141,6 +145,8 @@ def run_daemon(app: App) -> int:
             web.stop()  # type: ignore[attr-defined]
         if listener is not None:
             listener.stop()
+        for lmtp in lmtp_listeners:
+            lmtp.stop()
         for thread in threads:
             thread.join(timeout=10)
     log.info("helpdesk stopped")

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from helpdesk.app import App
 from helpdesk.config import Settings
+from helpdesk.inbound.mailbox_lock import holder
 from helpdesk.store.orm import Inbound, MailboxState, Outbox
 
 
@@ -56,6 +57,10 @@ def health_report(app: App, now: datetime) -> HealthReport:
                 f"mailbox {mailbox.name}: last fetch {last.isoformat() if last else 'never'}"
                 + (f", last error {state.last_error_at.isoformat()}: {error}"
                    if state and error and state.last_error_at else ""))
+            fetcher = holder(app, mailbox.name)  # with several daemons: which one fetches it
+            report.lines.append(f"mailbox {mailbox.name}: "
+                                + (f"fetched by {fetcher.describe()}" if fetcher
+                                   else "no process is fetching it right now"))
             failing = state is not None and state.last_error_at is not None and (
                 last is None or state.last_error_at > last)
             if failing:  # e.g. a token that can no longer be refreshed: say so at once

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from imapclient import IMAPClient
@@ -87,17 +87,26 @@ class _Pass:
     folders: _Folders
     result: FetchResult
     stop: threading.Event | None
+    still_ours: Callable[[], bool] | None  # the mailbox lock (mailbox_lock.py) still held
 
     def key(self, uid: int) -> str:
         return f"{self.uidvalidity}:{uid}"
 
 
+class MailboxLost(Exception):
+    """This process no longer holds the mailbox's lock: another one fetches it now."""
+
+
 def fetch_once(app: App, mailbox: ImapMailbox, client: IMAPClient, *,
-               stop: threading.Event | None = None) -> FetchResult:
+               stop: threading.Event | None = None,
+               still_ours: Callable[[], bool] | None = None) -> FetchResult:
     """One pass over ``mailbox.folder``; returns what happened.
 
     *stop* is looked at between messages: the message in hand is finished and
-    acknowledged, the rest waits for the next pass. Raises
+    acknowledged, the rest waits for the next pass. *still_ours* is asked before each
+    batch is acknowledged on the server: when it says no, ``MailboxLost`` is raised and
+    the batch is left to the process that holds the mailbox now (its messages are
+    stored already; there they are recognised and just moved). Raises
     ``ingest.StorageUnavailable`` (after acknowledging what did commit) when the
     database cannot take a message: that message stays on the server. Network and
     IMAP errors propagate; nothing unacknowledged is lost, it is fetched again.
@@ -106,7 +115,7 @@ def fetch_once(app: App, mailbox: ImapMailbox, client: IMAPClient, *,
     uidvalidity = int(info[b"UIDVALIDITY"])
     run = _Pass(app, mailbox, client, uidvalidity,
                 keywords=b"\\*" in info.get(b"PERMANENTFLAGS", ()), folders=_Folders(client),
-                result=FetchResult(mailbox.name, uidvalidity), stop=stop)
+                result=FetchResult(mailbox.name, uidvalidity), stop=stop, still_ours=still_ours)
     uids = _new_uids(run, load_watermark(app, mailbox.name, uidvalidity))
     run.result.found = len(uids)
     for batch in _chunks(uids, mailbox.batch_size):
@@ -243,6 +252,9 @@ class _Folders:
 
 def _acknowledge(run: _Pass, batch: list[int], acks: _Acks) -> None:
     mailbox, client = run.mailbox, run.client
+    if run.still_ours is not None and not run.still_ours():
+        raise MailboxLost(f"mailbox {mailbox.name}: lost its lock before acknowledging "
+                          f"{len(acks.handled())} message(s); another process fetches it now")
     if acks.done:
         if mailbox.processed_folder is not None:
             move(client, acks.done, mailbox.processed_folder, run.folders)

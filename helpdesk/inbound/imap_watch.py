@@ -1,11 +1,15 @@
 """The forever loop per mailbox (``helpdesk run``) and the one-shot pass (``fetch``).
 
-``watch`` connects, fetches, then waits with IDLE (renewed well before the
+``watch`` first takes the mailbox's lock (``mailbox_lock``): with several daemons on
+one database only the holder fetches, the others stand by and try again every
+``LOCK_RETRY`` seconds, so a dead holder's mailbox moves to another daemon within
+seconds. The holder connects, fetches, then waits with IDLE (renewed well before the
 29-minute limit, and a full pass at each renewal) or sleeps ``poll_interval``;
 it checks ``stop`` at least every second. Any error ends the session: it is
 logged once per change of state, recorded in ``mailbox_state``, and the watcher
-reconnects after an exponential backoff with jitter. Nothing escapes a watcher,
-so one failing mailbox never stops the others.
+tries again after an exponential backoff with jitter, letting go of the lock
+meanwhile, so that a daemon that can reach the mailbox takes it over. Nothing
+escapes a watcher, so one failing mailbox never stops the others.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ from imapclient import IMAPClient
 
 from helpdesk.app import App
 from helpdesk.config import ImapMailbox
-from helpdesk.inbound.imap_fetch import fetch_once
+from helpdesk.inbound.imap_fetch import MailboxLost, fetch_once
 from helpdesk.inbound.imap_session import close_quietly, connect, describe
 from helpdesk.inbound.imap_state import record_error
+from helpdesk.inbound.mailbox_lock import MailboxLock, holder, mailbox_lock
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ IDLE_CHECK = 1.0  # seconds between looks at `stop` while idling
 IDLE_RENEW_MAX = 600.0  # RFC 2177: servers may drop an IDLE after 29 minutes
 MAX_PASSES_IN_A_ROW = 5  # then IDLE anyway: a server that repeats EXISTS must not spin us
 WAKE_RESPONSES = frozenset({b"EXISTS", b"RECENT"})
+LOCK_RETRY = 2.0  # seconds between a standing-by watcher's tries for the mailbox lock
 
 
 def backoff_delay(failures: int, base: float = 1.0, cap: float = 300.0) -> float:
@@ -38,13 +44,20 @@ def backoff_delay(failures: int, base: float = 1.0, cap: float = 300.0) -> float
 
 
 def fetch_all(app: App) -> int:
-    """One pass over every configured mailbox; returns how many failed."""
+    """One pass over every configured mailbox; returns how many failed. A mailbox a
+    daemon (or another ``fetch``) is fetching right now is left to it."""
     failed = 0
     for mailbox in app.settings.inbound.imap:
+        lock = mailbox_lock(app, mailbox.name)
         try:
+            if not lock.acquire():
+                found = holder(app, mailbox.name)
+                log.info("mailbox %s: fetched by %s right now; skipped", mailbox.name,
+                         found.describe() if found else "another process")
+                continue
             client = connect(mailbox, cwd=app.settings.config_dir)
             try:
-                result = fetch_once(app, mailbox, client)
+                result = fetch_once(app, mailbox, client, still_ours=lock.held)
             finally:
                 close_quietly(client)
             log.info("mailbox %s: fetched: %s", mailbox.name, result.summary())
@@ -53,6 +66,8 @@ def fetch_all(app: App) -> int:
             reason = describe(exc, mailbox)
             log.error("mailbox %s: fetch failed: %s", mailbox.name, reason)
             record_error(app, mailbox.name, reason)
+        finally:
+            lock.release()
     return failed
 
 
@@ -95,6 +110,28 @@ class _Health:
         record_error(self.app, self.name, reason)
 
 
+class _Turn:
+    """The mailbox lock as a watcher sees it: whose turn it is, each change logged once."""
+
+    def __init__(self, app: App, mailbox: ImapMailbox) -> None:
+        self.app, self.name = app, mailbox.name
+        self.lock: MailboxLock = mailbox_lock(app, mailbox.name)
+        self.standing_by = False
+
+    def mine(self) -> bool:
+        if self.lock.held() or self.lock.acquire():
+            if self.standing_by:
+                log.info("mailbox %s: this process fetches it now", self.name)
+            self.standing_by = False
+            return True
+        if not self.standing_by:
+            found = holder(self.app, self.name)
+            log.info("mailbox %s: fetched by %s; standing by", self.name,
+                     found.describe() if found else "another process")
+        self.standing_by = True
+        return False
+
+
 def watch(app: App, mailbox: ImapMailbox, stop: threading.Event,
           on_fetched: Callable[[], None] = lambda: None, *, backoff_base: float = 1.0,
           backoff_cap: float = 300.0, idle_renew: float | None = None) -> None:
@@ -102,28 +139,43 @@ def watch(app: App, mailbox: ImapMailbox, stop: threading.Event,
     renew = idle_renew if idle_renew is not None else min(
         IDLE_RENEW_MAX, mailbox.stale_after.total_seconds() / 2)
     health = _Health(app, mailbox)
-    while not stop.is_set():
-        try:
-            _session(app, mailbox, stop, on_fetched, health, renew)
-        except Exception as exc:
+    turn = _Turn(app, mailbox)
+    try:
+        while not stop.is_set():
             try:
-                health.failed(describe(exc, mailbox))
-            except Exception:
-                log.exception("mailbox %s: could not record a failure", mailbox.name)
-            stop.wait(backoff_delay(health.failures, backoff_base, backoff_cap))
+                if turn.mine():
+                    _session(app, mailbox, stop, on_fetched, health, renew, turn.lock)
+                else:
+                    stop.wait(LOCK_RETRY)
+            except MailboxLost as exc:
+                log.warning("%s", exc)
+            except Exception as exc:
+                turn.lock.release()  # another daemon may reach the server while we wait
+                try:
+                    health.failed(describe(exc, mailbox))
+                except Exception:
+                    log.exception("mailbox %s: could not record a failure", mailbox.name)
+                stop.wait(backoff_delay(health.failures, backoff_base, backoff_cap))
+    finally:
+        turn.lock.release()
     log.info("mailbox %s: watcher stopped", mailbox.name)
 
 
 def _session(app: App, mailbox: ImapMailbox, stop: threading.Event,
-             on_fetched: Callable[[], None], health: _Health, renew: float) -> None:
-    """One connection: passes and waits until *stop*; errors end it."""
+             on_fetched: Callable[[], None], health: _Health, renew: float,
+             lock: MailboxLock) -> None:
+    """One connection: passes and waits until *stop*; errors end it, and so does
+    losing the mailbox's lock."""
     client = connect(mailbox, cwd=app.settings.config_dir)
     try:
         use_idle = mailbox.idle and client.has_capability("IDLE")
         mode = "IDLE" if use_idle else f"polling every {mailbox.poll_interval.total_seconds():g}s"
         again = 0
         while not stop.is_set():
-            result = fetch_once(app, mailbox, client, stop=stop)
+            if not lock.held():
+                raise MailboxLost(f"mailbox {mailbox.name}: lost its lock; "
+                                  "another process may fetch it now")
+            result = fetch_once(app, mailbox, client, stop=stop, still_ours=lock.held)
             health.ok(mode)
             if result.handled:
                 _notify(on_fetched, mailbox)

@@ -48,6 +48,8 @@ def _peer(session: Any) -> str:
 
 
 class InboundHandler:
+    source = "smtp"  # recorded on the inbound row; the LMTP listener says "lmtp"
+
     def __init__(self, app: App, max_recipients: int, on_stored: Any = None) -> None:
         self._app = app
         self._max_recipients = max_recipients
@@ -73,7 +75,7 @@ class InboundHandler:
         try:
             # The pipeline is synchronous database work: keep the event loop free.
             outcome = await asyncio.to_thread(
-                ingest_raw, self._app, raw, source="smtp",
+                ingest_raw, self._app, raw, source=self.source,
                 envelope_recipients=tuple(a.lower() for a in envelope.rcpt_tos))
         except StorageUnavailable as exc:
             log.warning("SMTP: could not store a mail from %s; asked the sender to retry: %s",

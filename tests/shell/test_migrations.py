@@ -29,3 +29,19 @@ def test_migrations_match_the_models_and_rerun_harmlessly(database_url):
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_the_schema_check_finds_the_head_alembic_finds(tmp_path):
+    """`check_schema` reads the migration files itself rather than loading Alembic (it
+    runs before every command); it must name the very revision `db upgrade` leads to."""
+    from alembic.script import ScriptDirectory
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'head.db'}")
+    try:
+        assert db.head_revision() == ScriptDirectory.from_config(
+            db._alembic_config(engine)).get_current_head()
+        assert db.current_revision(engine) is None
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()
