@@ -56,7 +56,8 @@ def acks(desk) -> Counter[str]:
 def test_three_daemons_on_postgresql_move_each_message_once_and_take_over_a_killed_fetcher(
         dovecot, desk_factory, postgres_url, tmp_path):
     desk = desk_factory(database={"url": postgres_url},
-                        inbound={"imap": dovecot.mailbox_config(batch_size=10)})
+                        inbound={"imap": dovecot.mailbox_config(batch_size=10)},
+                        limits={"new_cases_per_sender": "1000/1h"})  # 100 cases from one domain
     logs = [tmp_path / f"daemon{n}.log" for n in range(3)]
     daemons = [start_daemon(desk, log) for log in logs]
     try:
