@@ -1,24 +1,30 @@
-"""Render a queued mail after the transaction that queued it, outside the write lock.
+"""Render queued mail after the transaction that queued it, outside the write lock.
 
 Queuing (``helpdesk.outbound.queue``) fixes everything about a mail but its body:
 the recipients, the Message-ID, the threading headers, and in ``Outbox.render`` the
 template values the case does not hold (the note, the reminder, the mail being
 answered...). The sender renders the mail the first time it claims the row, from
-those and the case as it is then, in a read transaction (``render_mail``), and keeps
-the bytes in a short write of their own (``keep_rendered``), so every retry sends the
+those and the case as it is then, in a read transaction (``render_batch``), and keeps
+the bytes in a short write of their own (``outbox.keep``), so every retry sends the
 very same mail. Rendering and MIME building are most of the cost of a mail and grow
 with what the customer wrote: done this way, no mail holds the database's write lock
 for them, and a sweep of a thousand reminders stays short.
+
+A batch of claimed mail is rendered together: what its cases hold (the case, its
+participants, linked cases, first words, suggestions) is read with one query per
+kind of fact for all of them (``_CaseFacts``), not once per mail; a case's
+acknowledgement and its staff notice usually share them.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
@@ -29,8 +35,9 @@ from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.core.model import Direction, InboundMessage
 from helpdesk.mail import compose
 from helpdesk.mail.context import build_context
-from helpdesk.store import cases
-from helpdesk.store.orm import Case, Message, Outbox, Participant
+from helpdesk.outbound.outbox import Bytes, Claimed
+from helpdesk.store.db import is_storage_trouble
+from helpdesk.store.orm import Case, CaseLink, Message, Participant, Suggestion
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +47,8 @@ class Rendered:
     raw: bytes
 
 
-Render = Callable[[Session, Outbox], Rendered]
+# Renders a batch of claimed mail in a read session: per mail, its rendering or why not.
+Render = Callable[[Session, Sequence[Claimed]], list["Rendered | Exception"]]
 
 
 def render_spec(envelope: compose.Envelope, mail: Mail, message: InboundMessage | None,
@@ -80,47 +88,51 @@ def _message_fields(message: InboundMessage | None) -> dict[str, Any] | None:
         "subject": message.subject, "text": message.text, "date": message.date}
 
 
-def render_mail(session: Session, app: App, row: Outbox) -> Rendered:
-    """The body and the final bytes of a queued mail, from its row (and its case)."""
-    assert row.render is not None
-    spec = _from_json(row.render)
-    now = row.created_at  # the mail is dated, and speaks, as of when it was decided
-    if row.case_id is None:
+def render_batch(session: Session, app: App, mails: Sequence[Claimed]
+                 ) -> list[Rendered | Exception]:
+    """The body and final bytes of each claimed mail, from its row and its case, or the
+    exception that kept it from being rendered (a broken template). Trouble with the
+    database itself is raised: it is no fault of the mail."""
+    facts = _CaseFacts(session.connection(), app, mails)
+    out: list[Rendered | Exception] = []
+    for mail in mails:
+        try:
+            out.append(_render(app, facts, mail))
+        except Exception as exc:
+            if is_storage_trouble(exc):
+                raise
+            out.append(exc)
+    return out
+
+
+def _render(app: App, facts: _CaseFacts, mail: Claimed) -> Rendered:
+    assert mail.spec is not None
+    spec = _from_json(mail.spec)
+    now = mail.created_at  # the mail is dated, and speaks, as of when it was decided
+    if mail.case_id is None:
         category, context = spec["category"], _notice_context(app, spec, now)
     else:
-        case = session.get_one(Case, row.case_id)
-        category, context = case.category, _context(session, app, case, spec, now)
-    body = app.renderer.render(category, row.kind, context)
+        category = facts.cases[mail.case_id]["category"]
+        context = _context(app, facts, mail.case_id, spec, now)
+    body = app.renderer.render(category, mail.kind, context)
     envelope = compose.Envelope(
-        from_address=row.mail_from, to=tuple(row.recipients), message_id=row.message_id,
+        from_address=mail.mail_from, to=mail.recipients, message_id=mail.message_id,
         **{**spec["envelope"], "references": tuple(spec["envelope"]["references"])})
     return Rendered(body.text, body.html, compose.build(envelope, body.text, body.html, now))
 
 
 def outbox_renderer(app: App) -> Render:
-    """The ``render`` the sender calls, in a read transaction, for a row whose ``raw``
-    is still NULL."""
-    def render(session: Session, row: Outbox) -> Rendered:
-        return render_mail(session, app, row)
+    """The ``render`` the sender calls, in a read transaction, for the claimed rows whose
+    ``raw`` is still NULL."""
+    def render(session: Session, mails: Sequence[Claimed]) -> list[Rendered | Exception]:
+        return render_batch(session, app, mails)
     return render
 
 
-def keep_rendered(session: Session, row: Outbox, mail: Rendered) -> bytes:
-    """Store a rendered mail's bytes in its row, and its text in the case's copy of the
-    mail, in the caller's (short) write transaction; return the bytes to send.
-
-    If another sender stored bytes first (its claim ran out while this one rendered),
-    those win: a mail never goes out as two different renderings.
-    """
-    stored = session.execute(update(Outbox).where(Outbox.id == row.id, Outbox.raw.is_(None))
-                             .values(raw=mail.raw)
-                             .execution_options(synchronize_session=False)).rowcount
-    if not stored:
-        return session.scalars(select(Outbox.raw).where(Outbox.id == row.id)).one()
-    text, html = case_copy(mail, row.render)
-    session.execute(update(Message).where(Message.dedupe_key == row.message_id)
-                    .values(text=text, html=html))
-    return mail.raw
+def to_keep(mail: Claimed, rendered: Rendered) -> Bytes:
+    """What ``outbox.keep`` stores of a rendered mail: its bytes, and the case's copy."""
+    text, html = case_copy(rendered, mail.spec)
+    return Bytes(mail.id, mail.message_id, rendered.raw, text, html)
 
 
 def case_copy(mail: Rendered, spec: dict[str, Any] | None) -> tuple[str, str]:
@@ -143,61 +155,107 @@ def _notice_context(app: App, spec: dict[str, Any], now: datetime) -> dict[str, 
         note=spec["note"], portal=spec.get("portal"), case_list=spec.get("case_list"))
 
 
-def _context(session: Session, app: App, case: Case, spec: dict[str, Any],
+class _CaseFacts:
+    """What the templates say about the cases of a batch of mail, read with one query
+    per kind of fact: the cases (and those their mails name as old or existing ones),
+    participants, linked references, the first words of each, suggestions."""
+
+    def __init__(self, conn: Connection, app: App, mails: Sequence[Claimed]) -> None:
+        ids = {m.case_id for m in mails if m.case_id is not None}
+        named = {(m.spec or {}).get(key) for m in mails for key in ("old_case_id",
+                                                                    "existing_case_id")}
+        self.cases = _cases(conn, ids | {i for i in named if i is not None})
+        self.participants = _by_case(conn, select(Participant.case_id, Participant.address)
+                                     .where(Participant.case_id.in_(ids))
+                                     .order_by(Participant.id))
+        linked = _by_case(conn, select(CaseLink.case_id, Case.ref)
+                          .join(Case, Case.id == CaseLink.linked_case_id)
+                          .where(CaseLink.case_id.in_(ids)))
+        for case_id, refs in _by_case(conn, select(CaseLink.linked_case_id, Case.ref)
+                                      .join(Case, Case.id == CaseLink.case_id)
+                                      .where(CaseLink.linked_case_id.in_(ids))).items():
+            linked[case_id] = linked.get(case_id, []) + refs
+        self.linked = {case_id: sorted(set(refs)) for case_id, refs in linked.items()}
+        # Only as much of the first inbound text as an excerpt can show: the same excerpt.
+        limit = app.settings.limits.quote_chars
+        first = (select(func.min(Message.id)).where(Message.case_id.in_(ids),
+                                                    Message.direction == str(Direction.IN))
+                 .group_by(Message.case_id))
+        self.first_text = dict(conn.execute(
+            select(Message.case_id, func.substr(Message.text, 1, limit + 1))
+            .where(Message.id.in_(first.scalar_subquery()))).all())
+        self.suggestions = _by_case(conn, select(
+            Suggestion.case_id, Suggestion.slug, Suggestion.title, Suggestion.url,
+            Suggestion.summary, Suggestion.score)
+            .where(Suggestion.case_id.in_(ids)).order_by(Suggestion.rank), whole=True)
+
+
+def _cases(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
+    return {row.id: row._asdict() for row in conn.execute(
+        select(Case.id, Case.ref, Case.subject, Case.status, Case.category, Case.requester,
+               Case.requester_name, Case.created_at).where(Case.id.in_(ids)))}
+
+
+def _by_case(conn: Connection, query: Any, whole: bool = False) -> dict[int, list[Any]]:
+    """``{case id: [the rest of each row]}``, in the query's order; each row's second
+    column alone, or with ``whole`` the row as a dict without the case id."""
+    grouped: dict[int, list[Any]] = defaultdict(list)
+    for row in conn.execute(query):
+        grouped[row[0]].append({k: v for k, v in row._asdict().items() if k != "case_id"}
+                               if whole else row[1])
+    return grouped
+
+
+def _context(app: App, facts: _CaseFacts, case_id: int, spec: dict[str, Any],
              now: datetime) -> dict[str, Any]:
     msg = spec["message"]
     if msg is not None:
         msg = {**msg, "date": msg["date"] or now}
-    first_text = session.scalar(select(Message.text).where(
-        Message.case_id == case.id, Message.direction == str(Direction.IN))
-        .order_by(Message.id).limit(1))
     existing = spec.get("existing_case_id")
-    existing_case = None if existing is None else session.get_one(Case, existing)
+    existing_case = None if existing is None else facts.cases[existing]
     old = spec.get("old_case_id")
     return build_context(
         helpdesk={"name": app.settings.helpdesk.name, "address": app.settings.helpdesk.address},
-        case=_case_dict(session, app, case),
+        case=_case_dict(app, facts, case_id),
         message=msg,
         # A stranger's text in our mail to others: quoted, never in full (limits.quote_chars).
-        description=excerpt(first_text or (msg["text"] if msg else ""),
+        description=excerpt(facts.first_text.get(case_id) or (msg["text"] if msg else ""),
                             app.settings.limits.quote_chars),
         note=spec["note"],
         reminder=spec.get("reminder"),
         reopen_days=max(1, math.ceil(app.settings.timers.resolved_close_after / timedelta(days=1))),
-        old_case=None if old is None else _brief(session.get_one(Case, old)),
+        old_case=None if old is None else _brief(facts.cases[old]),
         existing_case=None if existing_case is None else {
             **_brief(existing_case),
             "status_label": lifecycle.label(
-                Lifecycle(app.settings.categories[existing_case.category].lifecycle),
-                existing_case.status)},
+                Lifecycle(app.settings.categories[existing_case["category"]].lifecycle),
+                existing_case["status"])},
         output=spec.get("output", ""),
         relay=spec.get("relay"),
         errors=spec["errors"],
-        suggestions=[{"slug": s.slug, "title": s.title, "url": s.url, "summary": s.summary,
-                      "score": s.score} for s in cases.suggestions(session, case.id)],
+        suggestions=[dict(s) for s in facts.suggestions.get(case_id, [])],
         now=now,
         portal=spec.get("portal"),
     )
 
 
-def _case_dict(session: Session, app: App, case: Case) -> dict[str, Any]:
-    category = app.settings.categories[case.category]
+def _case_dict(app: App, facts: _CaseFacts, case_id: int) -> dict[str, Any]:
+    case = facts.cases[case_id]
+    category = app.settings.categories[case["category"]]
     lc = Lifecycle(category.lifecycle)
     return {
-        "ref": case.ref, "subject": case.subject, "status": case.status,
-        "status_label": lifecycle.label(lc, case.status),
-        "category": case.category, "category_label": category.label,
-        "requester": case.requester, "requester_name": case.requester_name,
-        "created_at": case.created_at,
-        "participants": list(session.scalars(
-            select(Participant.address).where(Participant.case_id == case.id)
-            .order_by(Participant.id))),
-        "linked_refs": cases.linked_refs(session, case.id),
+        "ref": case["ref"], "subject": case["subject"], "status": case["status"],
+        "status_label": lifecycle.label(lc, case["status"]),
+        "category": case["category"], "category_label": category.label,
+        "requester": case["requester"], "requester_name": case["requester_name"],
+        "created_at": case["created_at"],
+        "participants": list(facts.participants.get(case_id, [])),
+        "linked_refs": facts.linked.get(case_id, []),
     }
 
 
-def _brief(case: Case) -> dict[str, Any]:
-    return {"ref": case.ref, "subject": case.subject}
+def _brief(case: dict[str, Any]) -> dict[str, Any]:
+    return {"ref": case["ref"], "subject": case["subject"]}
 
 
 _DATETIME = "$datetime"  # JSON has no dates: {"$datetime": iso} stands for one

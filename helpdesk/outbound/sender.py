@@ -1,25 +1,41 @@
-"""Deliver the outbox: claim a due row, hand it to the transport, record the outcome.
+"""Deliver the outbox: claim a batch of due rows, render them, send each, record each.
 
 Exactly once, as far as SMTP allows:
 
-1. **Claim** each row in its own short transaction before touching the network:
-   ``UPDATE outbox SET claimed_until = now + lease WHERE id = :id AND status = 'queued'
-   AND next_attempt_at <= now AND (claimed_until IS NULL OR claimed_until < now)``.
-   Only the sender that changed one row goes on, so two senders (threads,
-   processes, a cron ``fetch`` next to the daemon) never send the same row.
-2. **Render** a row queued without its bytes (every mail, the first time): in a read
-   transaction (``render``), then the bytes are stored in a short write of their own
-   (``keep_rendered``), so the write lock is never held while a template runs and
-   every later attempt sends exactly these bytes. A mail that cannot be rendered (a
-   broken template) is a temporary failure like a 4xx: it stays queued with the
-   reason in ``last_error`` (``helpdesk status`` reports it) and goes out once the
-   template is fixed, or is given up like any mail after ``MAX_ATTEMPTS``/``MAX_AGE``.
-3. **Send** with no transaction open.
-4. **Record** in another transaction: ``sent`` only after the server accepted the
-   mail. A row marked ``sent`` is never picked again.
+1. **Claim** a batch before touching the network: one statement sets
+   ``claimed_until = now + BATCH_WINDOW + lease`` on up to ``limit`` due rows that are
+   unclaimed or whose claim ran out (``outbox.claim``; SQLite's write lock, or
+   PostgreSQL's ``FOR UPDATE SKIP LOCKED``, makes it atomic). Only the sender that
+   changed a row may send it, so two senders (the daemon's sending process, a cron
+   ``fetch`` next to it, a second daemon) never send the same row.
+2. **Render** the rows queued without their bytes (every mail, the first time): all of
+   the batch in one read transaction (``render``), then their bytes are stored in one
+   short write (``outbox.keep``), so the write lock is never held while a template runs
+   and every later attempt sends exactly these bytes (a row that got bytes meanwhile
+   keeps them and they are what is sent). A mail that cannot be rendered (a broken
+   template) is a temporary failure like a 4xx: it stays queued with the reason in
+   ``last_error`` (``helpdesk status`` reports it) and goes out once the template is
+   fixed, or is given up like any mail after ``MAX_ATTEMPTS``/``MAX_AGE``.
+3. **Send** each with no transaction open, over one connection, but only while the
+   batch's window is open (``BATCH_WINDOW`` after the claim): every send then starts
+   with at least ``lease`` left on its claim, as when rows were claimed one by one, so
+   a claim never runs out under a send that keeps to the SMTP timeouts.
+4. **Record** each mail right after the server answered, in a transaction of its own,
+   before the next mail is sent: ``sent`` only after the server accepted the mail, and
+   only while the row is still ours (``outbox.mark_sent``: still queued, our claim
+   unchanged; anything else takes the careful path, ``_record``). A row marked ``sent``
+   is never picked again.
+5. **Give back** what the pass did not try (the server went down, the window closed,
+   an error): ``claimed_until`` is cleared on those rows while the claim is still ours
+   (``outbox.release``), so they are due again at once. A row that was tried is never
+   given back: if its record failed it waits out its claim.
 
-The one honest duplicate (SPEC, end): if the process dies between 3 and 4, the
-claim runs out after ``lease`` and the row is sent again.
+The one honest duplicate (SPEC, end): if the process dies between 3 and 4 for a mail,
+its claim runs out after ``lease`` (plus what was left of the window) and that mail is
+sent again; every other row of the batch was either recorded (sent, deferred, dead)
+before the next send began, or never sent, so nothing else repeats. The record is per
+mail, not per batch, on purpose: a record held back for the batch would widen that
+window to every mail sent since the last record.
 
 Outcomes: accepted → ``sent`` (recipients the server refused for good are named in
 ``last_error`` and, for a case's mail, in a ``delivery_failed`` event); 4xx, a
@@ -37,12 +53,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock
 from helpdesk.config import Settings
-from helpdesk.outbound.render import Render, keep_rendered
+from helpdesk.outbound import outbox
+from helpdesk.outbound.outbox import Claimed
+from helpdesk.outbound.render import Render, to_keep
 from helpdesk.outbound.transport import (
     ConnectionFailure,
     DeliveryError,
@@ -57,7 +75,7 @@ from helpdesk.store.db import is_storage_trouble
 from helpdesk.store.orm import Event, Outbox, Participant
 
 __all__ = [
-    "LEASE", "MAX_AGE", "claim_lease", "MAX_ATTEMPTS", "ConnectionFailure", "DeliveryError",
+    "BATCH_WINDOW", "LEASE", "MAX_AGE", "claim_lease", "MAX_ATTEMPTS", "ConnectionFailure", "DeliveryError",
     "MaildirTransport", "SendResult", "SmtpTransport", "Transport", "make_transport",
     "send_due",
 ]
@@ -65,6 +83,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)  # a claim older than this belongs to a dead sender
+# How long after its claim a batch may still start sending: what it has not started by
+# then goes back to the outbox. Short, so that a claimed batch goes out, or comes back,
+# soon; long enough for a batch of mail to render and go out on a busy machine.
+BATCH_WINDOW = timedelta(seconds=10)
 
 
 def claim_lease(settings: Settings) -> timedelta:
@@ -97,17 +119,6 @@ class SendResult:
 
 
 @dataclass(frozen=True)
-class _Claimed:
-    id: int
-    mail_from: str
-    recipients: tuple[str, ...]
-    message_id: str
-    raw: bytes | None  # None: not rendered yet, or it could not be (``render_error``)
-    claimed_until: datetime
-    render_error: str | None = None
-
-
-@dataclass(frozen=True)
 class _Outcome:
     """What the server said, per recipient. ``reason`` is set when it was one answer
     for the whole message (MAIL FROM, DATA, the connection)."""
@@ -124,79 +135,79 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
              reads: sessionmaker[Session] | None = None) -> SendResult:
     """Send up to ``limit`` due outbox rows; closes the transport's connection at the end.
 
-    ``render`` makes the bytes of a row queued without them (``outbound.render``), in a
+    ``render`` makes the bytes of rows queued without them (``outbound.render``), in a
     session of ``reads`` (read-only sessions: ``App.reads``; default ``sessions``).
     """
-    reads = reads or sessions
-    now = clock.now()
-    with reads() as session:
-        ids = session.scalars(
-            select(Outbox.id)
-            .where(Outbox.status == "queued", Outbox.next_attempt_at <= now,
-                   or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now))
-            .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(limit)).all()
+    claimed_at = clock.now()
+    with sessions.begin() as session:
+        batch = outbox.claim(session.connection(), claimed_at,
+                             claimed_at + BATCH_WINDOW + lease, limit)
+    untried = list(reversed(batch))  # popped oldest first
     result = SendResult()
     try:
-        for outbox_id in ids:
-            claimed = _claim(sessions, clock, outbox_id, lease)
-            if claimed is None:
-                continue  # another sender has it, or it changed since we looked
-            if claimed.raw is None:
-                claimed = _render(sessions, reads, claimed, render)
-            outcome = _attempt(transport, claimed)
+        batch = _render(sessions, reads or sessions, batch, render)
+        untried = list(reversed(batch))
+        while untried and clock.now() <= claimed_at + BATCH_WINDOW:
+            mail = untried.pop()
+            outcome = _attempt(transport, mail)
             with sessions.begin() as session:
-                result += _record(session, claimed, outcome, clock.now())
+                result += _record(session, mail, outcome, clock.now())
             if outcome.stop_batch:
                 log.warning("outbound delivery stopped for this pass: %s", outcome.reason)
                 result += SendResult(error=outcome.reason)
                 break
     finally:
         transport.close()
+        _give_back(sessions, untried)
     return result
 
 
-def _claim(sessions: sessionmaker[Session], clock: Clock, outbox_id: int,
-           lease: timedelta) -> _Claimed | None:
-    with sessions.begin() as session:
-        now = clock.now()
-        until = now + lease
-        claimed = session.execute(
-            update(Outbox)
-            .where(Outbox.id == outbox_id, Outbox.status == "queued",
-                   Outbox.next_attempt_at <= now,
-                   or_(Outbox.claimed_until.is_(None), Outbox.claimed_until < now))
-            .values(claimed_until=until)
-            .execution_options(synchronize_session=False))
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        row = session.get_one(Outbox, outbox_id, populate_existing=True)
-        return _Claimed(outbox_id, row.mail_from, tuple(row.recipients), row.message_id,
-                        row.raw, until)
-
-
-def _render(sessions: sessionmaker[Session], reads: sessionmaker[Session], mail: _Claimed,
-            render: Render | None) -> _Claimed:
-    """The claimed mail with its bytes: rendered under a read transaction, kept in a
-    short write. When it cannot be rendered, ``render_error`` says why."""
+def _render(sessions: sessionmaker[Session], reads: sessionmaker[Session],
+            batch: list[Claimed], render: Render | None) -> list[Claimed]:
+    """The batch with the bytes of every mail that has or can get them: rendered under
+    one read transaction, kept in one short write. A mail that cannot be rendered gets
+    ``render_error`` saying why."""
+    todo = [mail for mail in batch if mail.raw is None]
+    if not todo:
+        return batch
     if render is None:
-        return replace(mail, render_error="queued without its bytes, and this sender "
-                                          "cannot render mail")
+        return [replace(m, render_error="queued without its bytes, and this sender cannot "
+                                        "render mail") if m.raw is None else m for m in batch]
     try:
         with reads() as session:
-            row = session.get_one(Outbox, mail.id)
-            rendered = render(session, row)
+            results = render(session, todo)
     except Exception as exc:
         if is_storage_trouble(exc):
             raise  # the database, not the mail: like a failed claim, end the pass
-        log.exception("outbox=%s: could not render the mail", mail.id)
-        return replace(mail, render_error=f"could not render the mail: "
-                                          f"{type(exc).__name__}: {exc}")
-    with sessions.begin() as session:
-        return replace(mail, raw=keep_rendered(session, row, rendered))
+        results = [exc] * len(todo)
+    errors: dict[int, str] = {}
+    keep = []
+    for mail, rendered in zip(todo, results, strict=True):
+        if isinstance(rendered, Exception):
+            log.error("outbox=%s: could not render the mail", mail.id, exc_info=rendered)
+            errors[mail.id] = f"could not render the mail: {type(rendered).__name__}: {rendered}"
+        else:
+            keep.append(to_keep(mail, rendered))
+    kept = {}
+    if keep:
+        with sessions.begin() as session:
+            kept = outbox.keep(session.connection(), keep)
+    return [replace(m, raw=kept[m.id]) if m.id in kept
+            else replace(m, render_error=errors[m.id]) if m.id in errors else m
+            for m in batch]
 
 
-def _attempt(transport: Transport, mail: _Claimed) -> _Outcome:
+def _give_back(sessions: sessionmaker[Session], untried: list[Claimed]) -> None:
+    if not untried:
+        return
+    try:
+        with sessions.begin() as session:
+            outbox.release(session.connection(), untried)
+    except Exception:  # they wait out their claim instead
+        log.exception("could not give back %d claimed outbox row(s)", len(untried))
+
+
+def _attempt(transport: Transport, mail: Claimed) -> _Outcome:
     if not mail.recipients:
         return _Outcome(reason="no recipients")
     if mail.raw is None:  # a broken template: try again later, it may be fixed by then
@@ -236,7 +247,11 @@ def _describe(replies: dict[str, str]) -> str:
     return "; ".join(f"{addr}: {reply}" for addr, reply in replies.items())
 
 
-def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) -> SendResult:
+def _record(session: Session, mail: Claimed, outcome: _Outcome, now: datetime) -> SendResult:
+    if outcome.accepted and not (outcome.permanent or outcome.temporary) \
+            and outbox.mark_sent(session.connection(), mail, now):
+        log.info("sent outbox=%s mid=%s to=%d", mail.id, mail.message_id, len(outcome.accepted))
+        return SendResult(sent=1)
     row = session.get_one(Outbox, mail.id, with_for_update=True, populate_existing=True)
     if row.status != "queued":  # our claim ran out and another sender finished the row
         if outcome.accepted:
