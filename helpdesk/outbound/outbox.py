@@ -99,15 +99,17 @@ def keep(conn: Connection, rendered: Sequence[Bytes]) -> dict[int, bytes]:
     return {**{r.outbox_id: r.raw for r in new}, **stored}
 
 
+_MARK_SENT = (update(OUTBOX)  # built once: this runs for every mail
+              .where(OUTBOX.c.id == bindparam("oid"), OUTBOX.c.status == "queued",
+                     OUTBOX.c.claimed_until == bindparam("until"))
+              .values(status="sent", sent_at=bindparam("now"), attempts=OUTBOX.c.attempts + 1,
+                      claimed_until=None, last_error=None))
+
+
 def mark_sent(conn: Connection, mail: Claimed, now: datetime) -> bool:
     """Record that the server took the whole mail, if the row is still ours (queued,
     and our claim unchanged); False leaves it to the careful path (``sender._record``)."""
-    c = OUTBOX.c
-    done = conn.execute(
-        update(OUTBOX).where(c.id == mail.id, c.status == "queued",
-                             c.claimed_until == mail.claimed_until)
-        .values(status="sent", sent_at=now, attempts=c.attempts + 1, claimed_until=None,
-                last_error=None))
+    done = conn.execute(_MARK_SENT, {"oid": mail.id, "until": mail.claimed_until, "now": now})
     return done.rowcount == 1
 
 

@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Connection, Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock
@@ -138,32 +138,34 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
     ``render`` makes the bytes of rows queued without them (``outbound.render``), in a
     session of ``reads`` (read-only sessions: ``App.reads``; default ``sessions``).
     """
+    engine: Engine = sessions.kw["bind"]
     claimed_at = clock.now()
-    with sessions.begin() as session:
-        batch = outbox.claim(session.connection(), claimed_at,
-                             claimed_at + BATCH_WINDOW + lease, limit)
-    untried = list(reversed(batch))  # popped oldest first
-    result = SendResult()
-    try:
-        batch = _render(sessions, reads or sessions, batch, render)
-        untried = list(reversed(batch))
-        while untried and clock.now() <= claimed_at + BATCH_WINDOW:
-            mail = untried.pop()
-            outcome = _attempt(transport, mail)
-            with sessions.begin() as session:
-                result += _record(session, mail, outcome, clock.now())
-            if outcome.stop_batch:
-                log.warning("outbound delivery stopped for this pass: %s", outcome.reason)
-                result += SendResult(error=outcome.reason)
-                break
-    finally:
-        transport.close()
-        _give_back(sessions, untried)
+    # One connection for the pass: each transaction on it is short, none spans a send.
+    with engine.connect() as conn:
+        with conn.begin():
+            batch = outbox.claim(conn, claimed_at, claimed_at + BATCH_WINDOW + lease, limit)
+        untried = list(reversed(batch))  # popped oldest first
+        result = SendResult()
+        try:
+            batch = _render(conn, reads or sessions, batch, render)
+            untried = list(reversed(batch))
+            while untried and clock.now() <= claimed_at + BATCH_WINDOW:
+                mail = untried.pop()
+                outcome = _attempt(transport, mail)
+                with conn.begin():
+                    result += _record(conn, mail, outcome, clock.now())
+                if outcome.stop_batch:
+                    log.warning("outbound delivery stopped for this pass: %s", outcome.reason)
+                    result += SendResult(error=outcome.reason)
+                    break
+        finally:
+            transport.close()
+            _give_back(conn, untried)
     return result
 
 
-def _render(sessions: sessionmaker[Session], reads: sessionmaker[Session],
-            batch: list[Claimed], render: Render | None) -> list[Claimed]:
+def _render(conn: Connection, reads: sessionmaker[Session], batch: list[Claimed],
+            render: Render | None) -> list[Claimed]:
     """The batch with the bytes of every mail that has or can get them: rendered under
     one read transaction, kept in one short write. A mail that cannot be rendered gets
     ``render_error`` saying why."""
@@ -190,19 +192,21 @@ def _render(sessions: sessionmaker[Session], reads: sessionmaker[Session],
             keep.append(to_keep(mail, rendered))
     kept = {}
     if keep:
-        with sessions.begin() as session:
-            kept = outbox.keep(session.connection(), keep)
+        with conn.begin():
+            kept = outbox.keep(conn, keep)
     return [replace(m, raw=kept[m.id]) if m.id in kept
             else replace(m, render_error=errors[m.id]) if m.id in errors else m
             for m in batch]
 
 
-def _give_back(sessions: sessionmaker[Session], untried: list[Claimed]) -> None:
+def _give_back(conn: Connection, untried: list[Claimed]) -> None:
     if not untried:
         return
     try:
-        with sessions.begin() as session:
-            outbox.release(session.connection(), untried)
+        if conn.in_transaction():  # a failed record left its transaction open
+            conn.rollback()
+        with conn.begin():
+            outbox.release(conn, untried)
     except Exception:  # they wait out their claim instead
         log.exception("could not give back %d claimed outbox row(s)", len(untried))
 
@@ -247,11 +251,22 @@ def _describe(replies: dict[str, str]) -> str:
     return "; ".join(f"{addr}: {reply}" for addr, reply in replies.items())
 
 
-def _record(session: Session, mail: Claimed, outcome: _Outcome, now: datetime) -> SendResult:
+def _record(conn: Connection, mail: Claimed, outcome: _Outcome, now: datetime) -> SendResult:
+    """Record what became of a mail, in the caller's transaction on ``conn``: the common
+    case, all accepted and the row still ours, in one statement; anything else through
+    ``_record_carefully``."""
     if outcome.accepted and not (outcome.permanent or outcome.temporary) \
-            and outbox.mark_sent(session.connection(), mail, now):
+            and outbox.mark_sent(conn, mail, now):
         log.info("sent outbox=%s mid=%s to=%d", mail.id, mail.message_id, len(outcome.accepted))
         return SendResult(sent=1)
+    with Session(bind=conn) as session:  # joins the transaction, leaves its end to conn
+        result = _record_carefully(session, mail, outcome, now)
+        session.flush()
+    return result
+
+
+def _record_carefully(session: Session, mail: Claimed, outcome: _Outcome,
+                      now: datetime) -> SendResult:
     row = session.get_one(Outbox, mail.id, with_for_update=True, populate_existing=True)
     if row.status != "queued":  # our claim ran out and another sender finished the row
         if outcome.accepted:
