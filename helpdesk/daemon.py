@@ -1,9 +1,13 @@
-"""``helpdesk run``: one process, a few threads, one stop switch.
+"""``helpdesk run``: a process with a few threads, a sending process, one stop switch.
 
 Threads: an IMAP watcher per mailbox, the SMTP listener (aiosmtpd runs its own),
-the outbox sender, and the scheduler (timer sweep, activation hooks). The first
-SIGTERM/SIGINT sets ``stop``: every loop finishes the message in hand and
-returns. A second signal exits at once.
+and the scheduler (timer sweep, activation hooks). The outbox is sent by a child
+process (``outbound.sending``), forked before any thread starts, so that sending has
+a core of its own; whatever queues mail wakes it. The first SIGTERM/SIGINT sets
+``stop``: every loop finishes the message in hand and returns, the sending process
+the mail in hand. A second signal exits at once. If the sending process ends on its
+own (killed), the daemon stops too and exits 1: the service manager restarts it
+whole (``Restart=on-failure``), rather than it running on without sending.
 """
 from __future__ import annotations
 
@@ -16,8 +20,7 @@ from collections.abc import Callable
 import schedule
 
 from helpdesk.app import App
-from helpdesk.outbound.render import outbox_renderer
-from helpdesk.outbound.sender import claim_lease, make_transport, send_due
+from helpdesk.outbound.sending import DAEMON_POLL, SendingProcess
 
 log = logging.getLogger(__name__)
 
@@ -32,32 +35,17 @@ def guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
-def run_sender(app: App, stop: threading.Event, wake: threading.Event) -> None:
-    while not stop.is_set():
-        wake.clear()
-        try:
-            result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                              lease=claim_lease(app.settings), render=outbox_renderer(app),
-                              reads=app.reads)
-            busy = (result.sent or result.retried) and not result.error
-        except Exception:
-            log.exception("outbox pass failed")
-            busy = False
-        if not busy:
-            wake.wait(5.0)
-
-
-def run_scheduler(app: App, stop: threading.Event, wake_sender: threading.Event) -> None:
+def run_scheduler(app: App, stop: threading.Event, wake_sender: Callable[[], None]) -> None:
     from helpdesk.hooks import run_pending_hooks
     from helpdesk.sweep import sweep
 
     def do_sweep() -> None:
         if sweep(app, app.clock.now()):
-            wake_sender.set()
+            wake_sender()
 
     def do_hooks() -> None:
         if run_pending_hooks(app, stop):
-            wake_sender.set()
+            wake_sender()
 
     scheduler = schedule.Scheduler()
     seconds = max(1, int(app.settings.timers.sweep_interval.total_seconds()))
@@ -69,67 +57,76 @@ def run_scheduler(app: App, stop: threading.Event, wake_sender: threading.Event)
         stop.wait(min(1.0, max(0.2, scheduler.idle_seconds or 1.0)))
 
 
-def _stop_on_signals(stop: threading.Event, wake_sender: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event) -> None:
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():
             log.warning("second signal: exiting now")
             os._exit(1)
         log.info("signal %s: stopping after the message in hand", signum)
         stop.set()
-        wake_sender.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
 
-def _start_web(app: App, wake_sender: threading.Event) -> object | None:
+def _start_web(app: App, wake_sender: Callable[[], None]) -> object | None:
     if app.settings.web is None:
         return None
     from helpdesk.web.server import WebServer
-    server = WebServer(app, wake_sender.set).start()
+    server = WebServer(app, wake_sender).start()
     print(f"helpdesk web portal: {server.url}", flush=True)
     return server
 
 
-def run_web_only(app: App) -> int:
-    """``helpdesk web``: the portal and the outbox sender (its sign-in mails must leave)."""
-    stop, wake_sender = threading.Event(), threading.Event()
-    _stop_on_signals(stop, wake_sender)
-    server = _start_web(app, wake_sender)
-    sender = threading.Thread(target=run_sender, args=(app, stop, wake_sender), name="sender",
-                              daemon=True)
-    sender.start()
-    try:
-        while not stop.is_set():
-            stop.wait(1.0)
-    finally:
-        server.stop()  # type: ignore[union-attr]
-        sender.join(timeout=10)
-    log.info("helpdesk web stopped")
+def _wait(stop: threading.Event, sending: SendingProcess) -> int:
+    """Until ``stop``; 1 when the sending process ended on its own first."""
+    while not stop.is_set():
+        stop.wait(1.0)
+        if not sending.alive():
+            log.error("the sending process ended on its own (exit %s); stopping, so that the "
+                      "daemon is restarted whole", sending.exitcode)
+            stop.set()
+            return 1
     return 0
 
 
-def run_daemon(app: App) -> int:
-    stop, wake_sender = threading.Event(), threading.Event()
-    _stop_on_signals(stop, wake_sender)
+def run_web_only(app: App) -> int:
+    """``helpdesk web``: the portal and the outbox sender (its sign-in mails must leave)."""
+    stop = threading.Event()
+    sending = SendingProcess(app, poll=DAEMON_POLL).start()  # before any thread: a fork
+    _stop_on_signals(stop)
+    server = _start_web(app, sending.wake)
+    try:
+        status = _wait(stop, sending)
+    finally:
+        sending.stop()
+        server.stop()  # type: ignore[union-attr]
+    log.info("helpdesk web stopped")
+    return status
 
-    threads = [threading.Thread(target=run_sender, args=(app, stop, wake_sender), name="sender"),
-               threading.Thread(target=run_scheduler, args=(app, stop, wake_sender),
+
+def run_daemon(app: App) -> int:
+    stop = threading.Event()
+    sending = SendingProcess(app, poll=DAEMON_POLL).start()  # before any thread: a fork
+    wake_sender = sending.wake
+    _stop_on_signals(stop)
+
+    threads = [threading.Thread(target=run_scheduler, args=(app, stop, wake_sender),
                                 name="scheduler")]
     if app.settings.inbound.imap:
         from helpdesk.inbound.imap import watch
         for mailbox in app.settings.inbound.imap:
             threads.append(threading.Thread(
-                target=watch, args=(app, mailbox, stop, wake_sender.set),
+                target=watch, args=(app, mailbox, stop, wake_sender),
                 name=f"imap:{mailbox.name}"))
     listener = None
     if app.settings.inbound.smtp_listener:
         from helpdesk.inbound.smtp_listener import start_listener
-        listener = start_listener(app, on_stored=wake_sender.set)
+        listener = start_listener(app, on_stored=wake_sender)
     lmtp_listeners = []
     if app.settings.inbound.lmtp:
         from helpdesk.inbound.lmtp_listener import start_lmtp
-        lmtp_listeners = start_lmtp(app, app.settings.inbound.lmtp, on_stored=wake_sender.set)
+        lmtp_listeners = start_lmtp(app, app.settings.inbound.lmtp, on_stored=wake_sender)
     web = _start_web(app, wake_sender)
     for thread in threads:
         thread.daemon = True
@@ -138,9 +135,9 @@ def run_daemon(app: App) -> int:
              "web portal %s)", len(app.settings.inbound.imap), "on" if listener else "off",
              "on" if lmtp_listeners else "off", "on" if web else "off")
     try:
-        while not stop.is_set():
-            stop.wait(1.0)
+        status = _wait(stop, sending)
     finally:
+        sending.stop()  # the mail in hand, while the threads finish theirs
         if web is not None:
             web.stop()  # type: ignore[attr-defined]
         if listener is not None:
@@ -150,4 +147,4 @@ def run_daemon(app: App) -> int:
         for thread in threads:
             thread.join(timeout=10)
     log.info("helpdesk stopped")
-    return 0
+    return status

@@ -80,12 +80,17 @@ def _deliver_stored(app: App) -> None:
 @cli.command()
 @click.pass_context
 def fetch(ctx: click.Context) -> None:
-    """One pass over the IMAP mailboxes, then deliver the outbox (cron mode)."""
+    """One pass over the IMAP mailboxes, then deliver the outbox (cron mode).
+
+    A second process delivers while this one fetches; what is left (the activation
+    hooks' mail) is delivered at the end."""
     from helpdesk.inbound.imap import fetch_all
+    from helpdesk.outbound.sending import FETCH_POLL, SendingProcess
     app = open_app(ctx)
     if not app.settings.inbound.imap:
         raise click.UsageError("no inbound.imap mailbox is configured")
-    errors = fetch_all(app)
+    with SendingProcess(app, poll=FETCH_POLL):
+        errors = fetch_all(app)
     deliver_and_activate(app)
     if errors:
         raise Failure(f"{errors} mailbox(es) failed; see the log or `helpdesk status`")

@@ -49,7 +49,7 @@ keep their turn and nobody hammers a server that is down.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -132,11 +132,13 @@ class _Outcome:
 
 def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport, *,
              limit: int = 100, lease: timedelta = LEASE, render: Render | None = None,
-             reads: sessionmaker[Session] | None = None) -> SendResult:
+             reads: sessionmaker[Session] | None = None,
+             stop: Callable[[], bool] = lambda: False) -> SendResult:
     """Send up to ``limit`` due outbox rows; closes the transport's connection at the end.
 
     ``render`` makes the bytes of rows queued without them (``outbound.render``), in a
     session of ``reads`` (read-only sessions: ``App.reads``; default ``sessions``).
+    ``stop`` is asked before each mail: once it says so, the rest is given back.
     """
     engine: Engine = sessions.kw["bind"]
     claimed_at = clock.now()
@@ -149,7 +151,7 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
         try:
             batch = _render(conn, reads or sessions, batch, render)
             untried = list(reversed(batch))
-            while untried and clock.now() <= claimed_at + BATCH_WINDOW:
+            while untried and clock.now() <= claimed_at + BATCH_WINDOW and not stop():
                 mail = untried.pop()
                 outcome = _attempt(transport, mail)
                 with conn.begin():

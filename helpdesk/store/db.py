@@ -24,6 +24,7 @@ import errno
 import os
 import re
 import sqlite3
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ def make_engine(url: str, lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT) -> Eng
             _create_private_file(Path(url.removeprefix("sqlite:///")))
         engine = create_engine(url, connect_args={"timeout": seconds})
         event.listen(engine, "connect", _sqlite_pragmas(int(seconds * 1000)))
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _sqlite_begin(int(seconds * 1000)))
         return engine
     milliseconds = int(seconds * 1000)
     return create_engine(url, pool_pre_ping=True, connect_args={
@@ -85,14 +86,46 @@ def _sqlite_pragmas(busy_ms: int) -> Any:
     return on_connect
 
 
-def _sqlite_begin(connection: Any) -> None:
-    if connection.get_execution_options().get(_READ_ONLY):
-        # A read transaction: in WAL mode it sees a snapshot and takes no lock.
-        connection.exec_driver_sql("BEGIN")
-    else:
-        # Take the write lock up front: two writers then queue instead of failing
-        # half-way with "database is locked" when a read lock cannot be upgraded.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_begin(busy_ms: int) -> Any:
+    def on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_READ_ONLY):
+            # A read transaction: in WAL mode it sees a snapshot and takes no lock.
+            connection.exec_driver_sql("BEGIN")
+        else:
+            # Take the write lock up front: two writers then queue instead of failing
+            # half-way with "database is locked" when a read lock cannot be upgraded.
+            _begin_immediate(connection.connection.driver_connection, busy_ms)
+    return on_begin
+
+
+# SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... 100 ms between tries for
+# the lock. Against another process's stream of write transactions with short gaps
+# between them (a fetch deciding mail after mail), such a writer gets the lock late,
+# or hardly ever: the outbox sender recorded ~40 mails a second beside a fetch. So a
+# writer first tries often (sleeps from 0.2 to 1 ms) for a short while, then waits
+# as SQLite does, up to the lock timeout.
+_POLL_FOR = 0.5  # seconds
+_POLL_SLEEPS = (0.0002, 0.001)  # the first and the longest sleep between tries
+
+
+def _begin_immediate(dbapi_connection: sqlite3.Connection, busy_ms: int) -> None:
+    deadline = time.monotonic() + _POLL_FOR
+    sleep, longest = _POLL_SLEEPS
+    dbapi_connection.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # or one of its kinds
+                if not busy or time.monotonic() > deadline:
+                    break
+            time.sleep(sleep)
+            sleep = min(2 * sleep, longest)
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
+    dbapi_connection.execute("BEGIN IMMEDIATE")  # SQLite's own wait; its error if it fails
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

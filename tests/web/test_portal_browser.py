@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpdesk.daemon import run_sender
+from helpdesk.outbound.deliver import deliver_all
 from helpdesk.web.server import WebServer
 from tests.servers.helpdesk import Desk
 from tests.servers.smtp import free_port, wait_for
@@ -60,16 +60,24 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def served(desk_factory: Callable[..., Desk]) -> Iterator[tuple[Desk, str]]:
-    """A desk whose portal is served by uvicorn and whose outbox a sender thread
-    delivers to the recording MTA, as `helpdesk run` does."""
+    """A desk whose portal is served by uvicorn and whose outbox is delivered to the
+    recording MTA whenever the portal queues mail, as `helpdesk run` does (there by
+    its sending process; here by a thread, which sees this test's clock)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = web_config(base, port)
     config["web"]["page_size"] = 5
     desk = desk_factory(**config)
     stop, wake = threading.Event(), threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            wake.wait(5.0)
+            wake.clear()
+            deliver_all(desk.app)
+
     server = WebServer(desk.app, wake.set).start()
-    sender = threading.Thread(target=run_sender, args=(desk.app, stop, wake), daemon=True)
+    sender = threading.Thread(target=send, daemon=True)
     sender.start()
     try:
         yield desk, base
