@@ -15,7 +15,7 @@ Cheap to repeat (every mail the sender delivers is built here, and this was a fi
 its time): a header line is folded by the header classes once per distinct value
 (``_header``, a bounded cache of a pure function: our From, the loop header, a staff
 recipient, the subject a case's acknowledgement shares with its staff notice repeat),
-each address is checked once per process (``_checked``), and the MIME frame around the
+each address is checked once per process (``_address``), and the MIME frame around the
 rendered text is written here rather than by an ``EmailMessage`` and its generator:
 the parts are quoted-printable (``binascii``), the same frame every time.
 """
@@ -80,13 +80,11 @@ def one_line(text: str) -> str:
     return " ".join(_CONTROL.sub("", text[:MAX_TEXT_CHARS]).split()).replace("=?", "= ?")
 
 
-_checked = functools.lru_cache(maxsize=4096)(check_address)  # a pure function
-
-
+@functools.lru_cache(maxsize=4096)  # pure: each address is checked once per process
 def _address(addr: str, name: str = "", *, utf8: bool) -> tuple[str, str, str]:
     """One element of an address header, from a checked address only: (display name,
     local part, domain), what ``Address`` is made of."""
-    _checked(addr)  # raises NotAnAddress: never write what is not one
+    check_address(addr)  # raises NotAnAddress: never write what is not one
     local, _, domain = (addr if utf8 else ascii_address(addr) or addr).rpartition("@")
     return one_line(display_name(name[:MAX_TEXT_CHARS])[:MAX_NAME_CHARS]), local, domain
 

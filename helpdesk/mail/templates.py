@@ -183,7 +183,10 @@ class TemplateRenderer:
             ) from exc
 
     def render_part(self, category: str, kind: str, part: str, context: Mapping[str, Any]) -> str:
-        text = self._render(self.select(category, kind, part), context)
+        return self._finish(part, self._render(self.select(category, kind, part), context))
+
+    @staticmethod
+    def _finish(part: str, text: str) -> str:
         return _tidy(text) if part == "txt" else text.strip() + "\n"
 
     def render(self, category: str, kind: str, context: Mapping[str, Any]) -> RenderedBody:
@@ -197,6 +200,10 @@ class TemplateRenderer:
             text=self.render_part(category, kind, "txt", context),
             html=self.render_part(category, kind, "html", context),
         )
+
+    def batch(self) -> TemplateBatch:
+        """A renderer for one batch of mail (``TemplateBatch``)."""
+        return TemplateBatch(self)
 
     # ---------------------------------------------------------------- checking
 
@@ -281,6 +288,30 @@ class TemplateRenderer:
                     f"kinds: {', '.join(KINDS)}; parts: .txt.j2, .html.j2)"
                 )
         return problems
+
+
+class TemplateBatch:
+    """Renders a batch of mail, looking each template up once for the whole batch: which
+    file serves (category, kind, part) is found once, not once a mail (a look-up tries
+    the candidates in turn, each missing one a failed file look-up). An admin's edit,
+    new override or removed one shows from the next batch on."""
+
+    def __init__(self, renderer: TemplateRenderer) -> None:
+        self._renderer = renderer
+        self._selected: dict[tuple[str, str, str], jinja2.Template] = {}
+
+    def render(self, category: str, kind: str, context: Mapping[str, Any]) -> RenderedBody:
+        """As ``TemplateRenderer.render``."""
+        kind = str(kind)
+        return RenderedBody(text=self._part(category, kind, "txt", context),
+                            html=self._part(category, kind, "html", context))
+
+    def _part(self, category: str, kind: str, part: str, context: Mapping[str, Any]) -> str:
+        key = (category, kind, part)
+        template = self._selected.get(key)
+        if template is None:
+            template = self._selected[key] = self._renderer.select(category, kind, part)
+        return self._renderer._finish(part, self._renderer._render(template, context))
 
 
 def _message(exc: BaseException) -> str:

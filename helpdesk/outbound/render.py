@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
@@ -38,6 +38,9 @@ from helpdesk.mail.context import build_context
 from helpdesk.outbound.outbox import Bytes, Claimed
 from helpdesk.store.db import is_storage_trouble
 from helpdesk.store.orm import Case, CaseLink, Message, Participant, Suggestion
+
+if TYPE_CHECKING:
+    from helpdesk.mail.templates import TemplateBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +97,11 @@ def render_batch(session: Session, app: App, mails: Sequence[Claimed]
     exception that kept it from being rendered (a broken template). Trouble with the
     database itself is raised: it is no fault of the mail."""
     facts = _CaseFacts(session.connection(), app, mails)
+    templates = app.renderer.batch()
     out: list[Rendered | Exception] = []
     for mail in mails:
         try:
-            out.append(_render(app, facts, mail))
+            out.append(_render(app, templates, facts, mail))
         except Exception as exc:
             if is_storage_trouble(exc):
                 raise
@@ -105,7 +109,7 @@ def render_batch(session: Session, app: App, mails: Sequence[Claimed]
     return out
 
 
-def _render(app: App, facts: _CaseFacts, mail: Claimed) -> Rendered:
+def _render(app: App, templates: TemplateBatch, facts: _CaseFacts, mail: Claimed) -> Rendered:
     assert mail.spec is not None
     spec = _from_json(mail.spec)
     now = mail.created_at  # the mail is dated, and speaks, as of when it was decided
@@ -114,7 +118,7 @@ def _render(app: App, facts: _CaseFacts, mail: Claimed) -> Rendered:
     else:
         category = facts.cases[mail.case_id]["category"]
         context = _context(app, facts, mail.case_id, spec, now)
-    body = app.renderer.render(category, mail.kind, context)
+    body = templates.render(category, mail.kind, context)
     envelope = compose.Envelope(
         from_address=mail.mail_from, to=mail.recipients, message_id=mail.message_id,
         **{**spec["envelope"], "references": tuple(spec["envelope"]["references"])})
