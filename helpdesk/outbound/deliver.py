@@ -7,13 +7,18 @@ from helpdesk.outbound.sender import SendResult, claim_lease, make_transport, se
 
 
 def deliver_all(app: App, max_passes: int = 100) -> SendResult:
-    """Send everything that is due now; stops early when the server is unreachable."""
+    """Send everything that is due now, over one connection; stops early when the server
+    is unreachable."""
     total = SendResult()
-    for _ in range(max_passes):
-        result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                          lease=claim_lease(app.settings), render=outbox_renderer(app),
-                          reads=app.reads)
-        total += result
-        if result.error or not (result.sent or result.retried or result.dead):
-            break
+    transport = make_transport(app.settings)
+    try:
+        for _ in range(max_passes):
+            result = send_due(app.sessions, app.clock, transport,
+                              lease=claim_lease(app.settings), render=outbox_renderer(app),
+                              reads=app.reads, keep_connection=True)
+            total += result
+            if result.error or not (result.sent or result.retried or result.dead):
+                break
+    finally:
+        transport.close()
     return total

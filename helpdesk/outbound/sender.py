@@ -133,8 +133,10 @@ class _Outcome:
 def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport, *,
              limit: int = 100, lease: timedelta = LEASE, render: Render | None = None,
              reads: sessionmaker[Session] | None = None,
-             stop: Callable[[], bool] = lambda: False) -> SendResult:
-    """Send up to ``limit`` due outbox rows; closes the transport's connection at the end.
+             stop: Callable[[], bool] = lambda: False,
+             keep_connection: bool = False) -> SendResult:
+    """Send up to ``limit`` due outbox rows; closes the transport's connection at the end
+    unless ``keep_connection`` (the caller sends more soon, and closes it).
 
     ``render`` makes the bytes of rows queued without them (``outbound.render``), in a
     session of ``reads`` (read-only sessions: ``App.reads``; default ``sessions``).
@@ -161,7 +163,8 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
                     result += SendResult(error=outcome.reason)
                     break
         finally:
-            transport.close()
+            if not keep_connection:
+                transport.close()
             _give_back(conn, untried)
     return result
 

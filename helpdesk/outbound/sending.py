@@ -25,6 +25,7 @@ import os
 import resource
 import signal
 import threading
+import time
 from types import TracebackType
 from typing import Any
 
@@ -39,6 +40,7 @@ _FORK = multiprocessing.get_context("fork")
 FETCH_POLL = 0.05
 DAEMON_POLL = 5.0
 _LIVENESS = 1.0
+_IDLE_CLOSE = 10.0  # seconds without work after which the SMTP connection is closed
 
 
 class SendingProcess:
@@ -126,23 +128,28 @@ def _serve(app: App, poll: float, wake: Any, stop: Any, finish: Any, parent: int
         return signalled.is_set() or stop.is_set() or os.getppid() != parent
 
     render, lease = outbox_renderer(app), claim_lease(app.settings)
-    passes, total = 0, SendResult()
+    transport = make_transport(app.settings)  # one connection while there is work
+    passes, total, busy_at = 0, SendResult(), time.monotonic()
     while not stopping():
         wake.clear()
         finishing = finish.is_set()  # before the pass: what it queued before is due now
         try:
-            result = send_due(app.sessions, app.clock, make_transport(app.settings),
-                              lease=lease, render=render, reads=app.reads, stop=stopping)
+            result = send_due(app.sessions, app.clock, transport, lease=lease, render=render,
+                              reads=app.reads, stop=stopping, keep_connection=True)
             passes, total = passes + 1, total + result
             if (result.sent or result.retried or result.dead) and not result.error:
+                busy_at = time.monotonic()
                 continue
         except Exception:
             log.exception("outbox pass failed")
         if finishing:
             break  # all that was due is sent, or the server or the database is down
+        if time.monotonic() - busy_at > _IDLE_CLOSE:
+            transport.close()  # a server drops idle clients; connect again when needed
         for _ in range(max(1, round(poll / min(poll, _LIVENESS)))):
             if wake.wait(min(poll, _LIVENESS)) or stopping():
                 break
+    transport.close()
     app.engine.dispose()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     log.info("sending process: %d sent, %d deferred, %d dead in %d passes; CPU %.2f s",

@@ -22,6 +22,7 @@ import logging
 import mailbox
 import smtplib
 import ssl
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ from helpdesk.core.addresses import ascii_address
 log = logging.getLogger(__name__)
 
 Refused = dict[str, tuple[int, str]]
+FRESH = 1.0  # seconds after its last answer during which a connection is reused unchecked
 
 
 class DeliveryError(Exception):
@@ -74,6 +76,7 @@ class SmtpTransport:
         self._settings = settings
         self._local_hostname = local_hostname
         self._smtp: smtplib.SMTP | None = None
+        self._answered_at = 0.0  # time.monotonic() of the server's last answer
 
     @property
     def address(self) -> str:
@@ -121,11 +124,16 @@ class SmtpTransport:
     def _connection(self) -> smtplib.SMTP:
         """The open connection if it still answers, else a new one.
 
-        A NOOP before reuse costs one round trip, but it tells a connection the
-        server dropped while idle apart from a failure during a send: only the
-        latter may have delivered anything.
+        A NOOP before reusing a connection that was idle costs one round trip, but it
+        tells a connection the server dropped while idle apart from a failure during a
+        send: only the latter may have delivered anything. A connection that answered
+        less than ``FRESH`` seconds ago (the previous mail of a batch) is used as it is:
+        a server that drops it even so fails the next MAIL FROM, which delivered
+        nothing, and that mail is tried again later.
         """
         if self._smtp is not None:
+            if time.monotonic() - self._answered_at < FRESH:
+                return self._smtp
             try:
                 if self._smtp.noop()[0] == 250:
                     return self._smtp
@@ -168,6 +176,7 @@ class SmtpTransport:
         except UnicodeError as exc:
             self.close()  # may have failed half-way through a transaction
             raise DeliveryError(f"cannot encode for SMTP: {exc}", permanent=True) from None
+        self._answered_at = time.monotonic()
         refused.update({sent_as[addr]: (code, _reply(code, msg))
                         for addr, (code, msg) in server_refused.items()})
         return refused
