@@ -41,6 +41,9 @@ FETCH_POLL = 0.05
 DAEMON_POLL = 5.0
 _LIVENESS = 1.0
 _IDLE_CLOSE = 10.0  # seconds without work after which the SMTP connection is closed
+# Passes at most once told to finish (``deliver_all``'s bound, 10,000 mails): mail that
+# keeps coming in meanwhile (another daemon's listener) does not keep a fetch running.
+_MAX_DRAIN = 100
 
 
 class SendingProcess:
@@ -129,10 +132,11 @@ def _serve(app: App, poll: float, wake: Any, stop: Any, finish: Any, parent: int
 
     render, lease = outbox_renderer(app), claim_lease(app.settings)
     transport = make_transport(app.settings)  # one connection while there is work
-    passes, total, busy_at = 0, SendResult(), time.monotonic()
-    while not stopping():
+    passes, total, busy_at, drained = 0, SendResult(), time.monotonic(), 0
+    while not stopping() and drained < _MAX_DRAIN:
         wake.clear()
         finishing = finish.is_set()  # before the pass: what it queued before is due now
+        drained += finishing
         try:
             result = send_due(app.sessions, app.clock, transport, lease=lease, render=render,
                               reads=app.reads, stop=stopping, keep_connection=True)
