@@ -32,8 +32,8 @@ README = HERE / "README.md"
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 SEED = 20261102
 FLAT = 1.25  # "flat": the largest size costs at most 25% more per item than the smallest
-NAMES = ("startup", "ingest", "daemons", "profile", "memory", "latency", "scaling", "sweep",
-         "web", "bounded", "kb")
+NAMES = ("startup", "ingest", "daemons", "profile", "send", "memory", "latency", "scaling",
+         "sweep", "web", "bounded", "kb")
 
 
 @dataclass(frozen=True)
@@ -274,6 +274,9 @@ def main() -> int:
                 table.add("floor: Dovecot's IDLE notification (bare)",
                           f"{lat.idle_notify_ms:.0f} ms (median of {len(lat.idle_notify)})")
 
+    if "send" in only:
+        _sender_alone(table, results, sizes.profile)
+
     if "scaling" in only:
         table.section(f"scaling: ingest_raw of {sizes.scaling_messages} msgs with N cases stored")
         runs = []
@@ -476,6 +479,23 @@ def _ingest_rows(table: Table, run: Any, with_peer: bool) -> None:
     table.add(f"{fmt_n(n)} msgs: helpdesk / bare loop", f"{run.ratio:.1%} the msg/s, "
               f"x{run.helpdesk.cpu_s / run.bare.cpu_s:.1f} the CPU per message", ">= 50%",
               verdict(run.ratio >= 0.5))
+
+
+def _sender_alone(table: Table, results: dict[str, Any], n: int) -> None:
+    from bench import send as send_bench
+
+    table.section(f"the sender alone: the outbox of {n} msgs, from queued row to `sent` "
+                  "(bench/send.py)")
+    for key, label, discard in (("smtp", "over SMTP (aiosmtpd, loopback)", False),
+                                ("discard", "with a transport that discards the mail", True)):
+        note(f"send: the outbox of {n} messages, {label}, 3 runs")
+        runs = send_bench.measure(n, 3, discard=discard)
+        results[f"send_{key}"] = runs
+        best = min(runs, key=lambda r: r["cpu"])
+        mails = max(1, best["sent"])
+        table.add(f"CPU per mail, {label}",
+                  f"{best['cpu'] * 1000 / mails:.2f} ms (best of 3; wall "
+                  f"{best['wall'] * 1000 / mails:.2f} ms), {best['sent']} mails")
 
 
 def _sender(raw: bytes) -> str:

@@ -29,7 +29,7 @@ def test_quick_benchmarks_run_and_print_every_section():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for section in ("[start-up", "helpdesk ingest (one small mail", "helpdesk / bare loop",
                     "skipped (--no-peer)", "[several daemons", "2 daemons",
-                    "one sweep", "[memory", "95th percentile",
+                    "one sweep", "[the sender alone", "[memory", "95th percentile",
                     "[web portal", "SQL statements: case page: staff", "[bounded work",
                     "while a", "recall@3", "suggestion latency"):
         assert section in result.stdout, section
