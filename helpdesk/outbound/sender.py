@@ -19,7 +19,10 @@ Exactly once, as far as SMTP allows:
 3. **Send** each with no transaction open, over one connection, but only while the
    batch's window is open (``BATCH_WINDOW`` after the claim): every send then starts
    with at least ``lease`` left on its claim, as when rows were claimed one by one, so
-   a claim never runs out under a send that keeps to the SMTP timeouts.
+   a claim never runs out under a send that keeps to the SMTP timeouts. A connection
+   that answered within the last second is reused without a NOOP
+   (``transport.FRESH``): should the server have dropped it, the next ``MAIL FROM``
+   fails, which delivered nothing, and that mail is tried again later.
 4. **Record** each mail right after the server answered, in a transaction of its own,
    before the next mail is sent: ``sent`` only after the server accepted the mail, and
    only while the row is still ours (``outbox.mark_sent``: still queued, our claim
@@ -35,7 +38,9 @@ its claim runs out after ``lease`` (plus what was left of the window) and that m
 sent again; every other row of the batch was either recorded (sent, deferred, dead)
 before the next send began, or never sent, so nothing else repeats. The record is per
 mail, not per batch, on purpose: a record held back for the batch would widen that
-window to every mail sent since the last record.
+window to every mail sent since the last record. A sender that is stopped (``stop``),
+signalled or orphaned (``outbound.sending``) finishes the mail in hand through 4 and
+gives back the rest (5), so it leaves no claim behind.
 
 Outcomes: accepted → ``sent`` (recipients the server refused for good are named in
 ``last_error`` and, for a case's mail, in a ``delivery_failed`` event); 4xx, a
