@@ -80,7 +80,8 @@ from helpdesk.store.db import is_storage_trouble
 from helpdesk.store.orm import Event, Outbox, Participant
 
 __all__ = [
-    "BATCH_WINDOW", "LEASE", "MAX_AGE", "claim_lease", "MAX_ATTEMPTS", "ConnectionFailure", "DeliveryError",
+    "BATCH_WINDOW", "LEASE", "MAX_AGE", "claim_lease", "MAX_ATTEMPTS", "ConnectionFailure",
+    "DeliveryError",
     "MaildirTransport", "SendResult", "SmtpTransport", "Transport", "make_transport",
     "send_due",
 ]

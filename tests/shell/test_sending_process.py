@@ -25,7 +25,7 @@ pytestmark = pytest.mark.imap
 
 def helpdesk(desk, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HELPDESK_CONFIG": str(desk.config_path)}
-    log = open(desk.config_path.parent / "helpdesk.log", "ab")  # noqa: SIM115 - closed with the process
+    log = open(desk.config_path.parent / "helpdesk.log", "ab")  # noqa: SIM115 - the child has it
     proc = subprocess.Popen([sys.executable, "-m", "helpdesk", *args], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     log.close()
