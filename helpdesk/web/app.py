@@ -27,7 +27,7 @@ from helpdesk.core.access import Viewer
 from helpdesk.mail.filters import format_date, format_datetime
 from helpdesk.outbound.personal import queue_login
 from helpdesk.store import tokens
-from helpdesk.web import actions, pages
+from helpdesk.web import actions, kb_pages, pages
 from helpdesk.web.scope import ANON_COOKIE, SESSION_COOKIE, Csrf, csrf_key, is_known, signed_in
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,27 @@ class Portal:
     def to_login(request: Request) -> RedirectResponse:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+    # ------------------------------------------------------------------ knowledge base
+
+    def kb_index(self, request: Request) -> Response:
+        kb = self.app.knowledge_base
+        if not kb.enabled:
+            return self.no_article(request)
+        return self.page(request, "kb.html", viewer=self.viewer(request), article=None,
+                         articles=kb_pages.by_title(kb.articles()))
+
+    def kb_article(self, request: Request) -> Response:
+        kb = self.app.knowledge_base
+        article = kb.get(request.path_params["slug"]) if kb.enabled else None
+        if article is None:
+            return self.no_article(request)
+        return self.page(request, "kb.html", viewer=self.viewer(request), article=article,
+                         body=kb_pages.article_html(article))
+
+    def no_article(self, request: Request) -> HTMLResponse:
+        return self.page(request, "error.html", 404, self.viewer(request), title="Not found",
+                         text="There is no such article in the knowledge base.")
 
     # ------------------------------------------------------------------ sign-in
 
@@ -364,5 +385,7 @@ def make_app(app: App, wake_sender: Callable[[], None] = lambda: None) -> ASGIAp
         Route("/cases/{ref}", _with_form(portal.case_sign_in), methods=["POST"]),
         Route("/cases/{ref}/attachments/{id}", _sync(portal.attachment), methods=["GET"]),
         Route("/cases/{ref}/{action}", _with_form(portal.act), methods=["POST"]),
+        Route("/kb", _sync(portal.kb_index), methods=["GET"]),
+        Route("/kb/{slug:path}", _sync(portal.kb_article), methods=["GET"]),
     ]
     return Headers(Starlette(routes=routes))
