@@ -1,0 +1,40 @@
+"""The portal attacked from outside: what a stranger, or a customer, gets out of it
+that is not theirs. Each test is one hole, through the portal's HTTP (and the mail
+that leads to it), with what the attacker would have seen."""
+from __future__ import annotations
+
+from tests.servers.helpdesk import make_mail
+from tests.web.conftest import open_case, sign_in
+
+ANA = "ana@customer.example"
+EVE = "eve@other.example"
+
+
+def test_a_stranger_who_types_a_tag_sees_nothing_of_that_case_among_the_linked_ones(
+        portal, client_factory):
+    victim = open_case(portal, ANA, "Layoffs planned for March")
+    # Eve types Ana's (sequential, guessable) reference: a new case, linked for staff.
+    mine = portal.ingest(make_mail(EVE, "support@example.com", f"Re: [{victim}] hi", "Hi.\n")).ref
+    assert mine != victim
+    eve = client_factory()
+    sign_in(eve, portal, EVE)
+    page = eve.get(f"/cases/{mine}").text
+    assert "Layoffs" not in page and f'href="/cases/{victim}"' not in page
+    ana = client_factory()  # nor does Ana see the stranger's case named on hers
+    sign_in(ana, portal, ANA)
+    assert f'href="/cases/{mine}"' not in ana.get(f"/cases/{victim}").text
+    staff = client_factory()  # staff still see the link, both ways
+    sign_in(staff, portal, "agent@example.com")
+    assert victim in staff.get(f"/cases/{mine}").text and "Layoffs" in staff.get(f"/cases/{mine}").text
+    assert mine in staff.get(f"/cases/{victim}").text
+
+
+def test_a_customer_sees_the_closed_case_their_reply_reopened_as_a_new_one(portal, client_factory):
+    from tests.web.conftest import staff_mail
+    old = open_case(portal, ANA, "Printer on fire")
+    staff_mail(portal, old, "#close\n")
+    new = portal.ingest(make_mail(ANA, "support@example.com", f"Re: [{old}] again", "Again.\n")).ref
+    assert new != old
+    ana = client_factory()
+    sign_in(ana, portal, ANA)
+    assert f'href="/cases/{old}"' in ana.get(f"/cases/{new}").text
