@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from helpdesk.core import lifecycle
 from helpdesk.core.access import asks_for_case_list
+from helpdesk.core.addresses import NotAnAddress, check_address
 from helpdesk.core.amplification import OpenedCases, new_case_limit, reply_to_may_replace_from
 from helpdesk.core.classify import HygienePolicy, machine_reasons
 from helpdesk.core.commands import Command, parse_commands, strip_quoted
@@ -448,8 +449,8 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
         target, note = _target(command, category.lifecycle)
         if command.name == "assign":
             # Only staff: the assignee gets the case's staff notices and may answer them.
-            address = command.argument.strip().lower()
-            if "@" not in address:
+            address = _plain_address(command.argument.strip())
+            if not address:
                 errors.append("#assign needs a staff address, e.g. #assign agent@example.com")
             elif not policy.is_staff_for(category.name, address):
                 errors.append(f"#assign {address}: not a staff address; only staff can be assigned")
@@ -483,6 +484,15 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
         events.append(("relayed", {"by": actor}))
     return Decision(Outcome.STAFF_REPLY, case=case, transitions=tuple(transitions),
                     assign=assign, mails=mails, events=tuple(events))
+
+
+def _plain_address(text: str) -> str:
+    """*text* as one plain address (``core.addresses``), else "": never a route
+    (``eve%evil.example@…``) that a mail to a staff domain would follow elsewhere."""
+    try:
+        return check_address(text)
+    except NotAnAddress:
+        return ""
 
 
 def _mails_of(step: Transition, note: str = "") -> tuple[Mail, ...]:

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helpdesk.app import App
 from helpdesk.core.access import Viewer
+from helpdesk.core.addresses import NotAnAddress, check_address
 from helpdesk.mail.filters import format_date, format_datetime
 from helpdesk.outbound.personal import queue_login
 from helpdesk.store import tokens
@@ -117,8 +118,10 @@ class Portal:
         if not self.csrf_ok(request, form):
             return self.refuse_csrf(request)
         address = form.get("email", "").strip().lower()[:_EMAIL]
-        valid = address.count("@") == 1 and "." in address.rpartition("@")[2] \
-            and not any(c.isspace() or c in '<>,;:"()[]\\' for c in address)
+        try:  # the address as mail would have it: checked, normalised, never a route
+            address, valid = check_address(address), True
+        except NotAnAddress:
+            valid = False
         if valid:
             queued = False
             with self.app.sessions.begin() as session:

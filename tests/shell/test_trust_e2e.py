@@ -346,3 +346,20 @@ def test_check_config_and_status_warn_about_how_staff_are_verified(desk_factory)
     assert "answers a staff reply address" in no_ids.cli("status").stdout
     good = desk_factory("good")
     assert "warning" not in good.cli("check-config").stderr
+
+
+def test_an_address_that_hides_a_route_is_no_address(desk):
+    # user%domain@host and host!user@host are routes an MTA may follow (Postfix's
+    # allow_percent_hack and swap_bangpath): an address hiding another one.
+    outcome = desk.ingest(make_mail("eve%other.example@customer.example", "support@example.com",
+                                    "Hi", "Hello.\n", cc=["other.example!bob@customer.example",
+                                                          "ann@customer.example"]))
+    assert outcome.status == "ignored"  # no usable From: nobody to answer
+    outcome = desk.ingest(make_mail("ann@customer.example", "support@example.com", "Hi again",
+                                    "Hello.\n", cc=["bob%other.example@customer.example"]))
+    case = desk.case(outcome.ref)
+    assert case["participants"] == ["ann@customer.example"]
+    rejected = [e["detail"] for e in case["events"] if e["type"] == "address_rejected"]
+    assert rejected and "route" in rejected[0]["reason"]
+    assert all("%" not in r and "!" not in r for e in desk.mta.handler.envelopes
+               for r in e.rcpt_tos)

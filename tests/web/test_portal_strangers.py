@@ -38,3 +38,20 @@ def test_a_customer_sees_the_closed_case_their_reply_reopened_as_a_new_one(porta
     ana = client_factory()
     sign_in(ana, portal, ANA)
     assert f'href="/cases/{old}"' in ana.get(f"/cases/{new}").text
+
+
+def test_a_routed_address_in_a_staff_domain_gets_no_staff_sign_in_link(portal, client_factory):
+    # `staff: ["@staff.example.com"]` makes every mailbox there staff. An MTA that
+    # delivers for that domain reads eve%other.example@staff.example.com as
+    # eve@other.example (Postfix's allow_percent_hack and swap_bangpath, both on by
+    # default; sendmail alike): a link to it was an all-cases staff session for Eve.
+    from helpdesk.outbound.deliver import deliver_all
+    from tests.web.conftest import request_link
+    open_case(portal, ANA, "Printer on fire")
+    portal.mta.handler.clear()
+    client = client_factory()
+    for routed in ("eve%other.example@staff.example.com", "other.example!eve@staff.example.com"):
+        assert request_link(client, routed).status_code == 200
+    request_link(client, "kim@staff.example.com")  # a real staff mailbox still gets one
+    deliver_all(portal.app)
+    assert [e.rcpt_tos for e in portal.mta.handler.envelopes] == [["kim@staff.example.com"]]
