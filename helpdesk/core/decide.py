@@ -266,8 +266,12 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
               addresses: tuple[str, ...], verified_staff: bool = False,
               linked_to: CaseView | None = None, link_reason: str | None = None) -> Decision:
     category = route(msg, policy)
-    if context.open_duplicate is not None and linked_to is None:
-        existing = context.open_duplicate
+    existing = context.open_duplicate
+    # The same connection asked for again by the requester's company: a duplicate. The
+    # answer names that case and carries its reply address, so never for a stranger
+    # (whoever shares a public mail domain with the requester is one).
+    if existing is not None and linked_to is None and is_known_sender(
+            existing, msg.sender, policy.public_domains):
         return Decision(Outcome.DUPLICATE_REQUEST, case=existing, store_as=MailKind.REPLY,
                         events=(("duplicate_request", {"from": msg.sender,
                                                        "subject": msg.subject}),),

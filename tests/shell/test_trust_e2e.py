@@ -363,3 +363,27 @@ def test_an_address_that_hides_a_route_is_no_address(desk):
     assert rejected and "route" in rejected[0]["reason"]
     assert all("%" not in r and "!" not in r for e in desk.mta.handler.envelopes
                for r in e.rcpt_tos)
+
+
+def test_a_stranger_of_a_public_domain_is_no_duplicate_of_anothers_connection(desk_factory):
+    # "A second request for the same connection" is one from the requester's company;
+    # gmail.com is nobody's company. Zed, who only guessed Ann's subject, got her
+    # case's reference, subject, status and reply address, and by that joined it.
+    desk = desk_factory(**listening())
+    ann = desk.ingest(make_mail("ann@gmail.com", "connections@example.com",
+                                "New fibre line for Elm Street 4", "Please connect us.\n"))
+    desk.mta.handler.clear()
+    with listener(desk) as port:
+        over_smtp(port, make_mail("zed@gmail.com", "connections@example.com",
+                                  "New fibre line for Elm Street 4", "Me too.\n"),
+                  ["connections@example.com"], mail_from="zed@gmail.com")
+        deliver_all(desk.app)
+        told = [text_of(m) for m in desk.sent_to("zed@gmail.com")]
+        assert told and all(ann.ref not in t for t in told)
+        reply_to = desk.sent_to("zed@gmail.com")[-1]["Reply-To"]
+        over_smtp(port, make_mail("zed@gmail.com", str(reply_to), "Re: Elm Street",
+                                  "Add me.\n"), [str(reply_to)], mail_from="zed@gmail.com")
+    case = desk.case(ann.ref)
+    assert case["participants"] == ["ann@gmail.com"]
+    assert [m["from"] for m in case["messages"] if m["direction"] == "in"] == ["ann@gmail.com"]
+    assert "ann@gmail.com" not in recipients(desk)
