@@ -3,6 +3,9 @@ that is not theirs. Each test is one hole, through the portal's HTTP (and the ma
 that leads to it), with what the attacker would have seen."""
 from __future__ import annotations
 
+from sqlalchemy import func, select
+
+from helpdesk.store.orm import Case
 from tests.servers.helpdesk import make_mail
 from tests.web.conftest import open_case, sign_in
 
@@ -55,3 +58,25 @@ def test_a_routed_address_in_a_staff_domain_gets_no_staff_sign_in_link(portal, c
     request_link(client, "kim@staff.example.com")  # a real staff mailbox still gets one
     deliver_all(portal.app)
     assert [e.rcpt_tos for e in portal.mta.handler.envelopes] == [["kim@staff.example.com"]]
+
+
+def test_replies_on_the_web_to_a_closed_case_open_no_more_cases_than_mail_may(
+        desk_factory, client_factory):
+    # limits.new_cases_per_sender holds for every way in: each web reply to a closed
+    # case opened one more case (and one more staff notice), without any bound.
+    from starlette.testclient import TestClient
+
+    from helpdesk.web.app import make_app
+    from tests.web.conftest import BASE, post_form, staff_mail, web_config
+    desk = desk_factory(name="strict", **{**web_config(), "limits": {"new_cases_per_sender": "2/1h"}})
+    closed = open_case(desk, EVE, "Old trouble")  # one of her two this hour
+    staff_mail(desk, closed, "#close\n")
+    client = TestClient(make_app(desk.app), base_url=BASE, follow_redirects=False)
+    sign_in(client, desk, EVE)
+    first = post_form(client, f"/cases/{closed}/reply", f"/cases/{closed}", text="Again 1.")
+    assert first.status_code == 303 and "done=reopened" in first.headers["location"]
+    refused = post_form(client, f"/cases/{closed}/reply", f"/cases/{closed}", text="Again 2.")
+    assert refused.status_code == 409 and "too many" in refused.text
+    with desk.app.reads() as session:
+        assert session.scalar(select(func.count()).select_from(Case)) == 2
+    client.close()
