@@ -80,3 +80,24 @@ def test_replies_on_the_web_to_a_closed_case_open_no_more_cases_than_mail_may(
     with desk.app.reads() as session:
         assert session.scalar(select(func.count()).select_from(Case)) == 2
     client.close()
+
+
+def test_the_big_mail_providers_country_domains_are_nobodys_company(portal, client_factory):
+    # Only 40 providers were public: everyone at hotmail.co.uk, yahoo.fr, comcast.net,
+    # btinternet.com ... was everyone else's colleague there. Zed typed Ann's tag and
+    # joined her case silently (then got its mail), and saw it in "My company".
+    from helpdesk.outbound.deliver import deliver_all
+    for ann, zed in (("ann@hotmail.co.uk", "zed@hotmail.co.uk"),
+                     ("ann@yahoo.fr", "zed@yahoo.fr"),
+                     ("ann@comcast.net", "zed@comcast.net"),
+                     ("ann@btinternet.com", "zed@btinternet.com")):
+        victim = open_case(portal, ann, f"Ann's bank details {ann}")
+        theirs = portal.ingest(make_mail(zed, "support@example.com", f"Re: [{victim}] hi",
+                                         "Hi.\n")).ref
+        assert theirs != victim and zed not in portal.case(victim)["participants"]
+        client = client_factory()
+        sign_in(client, portal, zed)
+        company = client.get("/cases?scope=company").text
+        assert victim not in company and "My company" not in company
+        assert client.get(f"/cases/{victim}").status_code == 404
+    deliver_all(portal.app)
