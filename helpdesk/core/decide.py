@@ -25,7 +25,12 @@ from enum import StrEnum
 from helpdesk.core import lifecycle
 from helpdesk.core.access import asks_for_case_list
 from helpdesk.core.addresses import NotAnAddress, check_address
-from helpdesk.core.amplification import OpenedCases, new_case_limit, reply_to_may_replace_from
+from helpdesk.core.amplification import (
+    OpenedCases,
+    mailbox,
+    new_case_limit,
+    reply_to_may_replace_from,
+)
 from helpdesk.core.classify import HygienePolicy, machine_reasons
 from helpdesk.core.commands import Command, parse_commands, strip_quoted
 from helpdesk.core.lifecycle import Event, IllegalTransition, Lifecycle, Transition, Trigger
@@ -134,7 +139,7 @@ class NewCase:
     duplicate_key: str | None
     linked_to: CaseView | None = None
     link_reason: str | None = None  # reopened | unknown_sender
-    opened_by: str = ""  # the From address (the requester may be its Reply-To)
+    opened_by: str = ""  # the From address's inbox (``mailbox``), what the limits count
     suggestions: tuple[Suggestion, ...] = ()  # shown in the acknowledgement
     hold_notice: bool = False  # the staff notice waits (hold_staff_notice) for self-service
 
@@ -293,7 +298,7 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
                   subject=subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
-                  link_reason=link_reason, opened_by=msg.sender, suggestions=shown,
+                  link_reason=link_reason, opened_by=mailbox(msg.sender), suggestions=shown,
                   hold_notice=hold)
     notice = () if hold else (Mail(MailKind.STAFF_NOTICE, Audience.STAFF),)
     return Decision(
@@ -312,12 +317,16 @@ def _has_resolved(lc: Lifecycle) -> bool:
 def _new_participants(msg: InboundMessage, policy: Policy, category: str,
                       exclude: set[str] | frozenset[str],
                       room: int) -> tuple[tuple[tuple[str, str], ...], int]:
-    """The people on To/Cc who join the case: never us, never staff, within the limits;
-    and how many were left out by the limits."""
+    """The people on To/Cc who join the case: never us, never staff, one address per
+    inbox (``mailbox``: ``victim+1@`` ... ``victim+9@`` are one person), within the
+    limits; and how many were left out by the limits."""
     found = []
+    inboxes = {mailbox(a) for a in exclude}
     for address in dict.fromkeys((*msg.to, *msg.cc)):
-        if address in exclude or policy.is_ours(address) or policy.is_staff_for(category, address):
+        if mailbox(address) in inboxes or policy.is_ours(address) \
+                or policy.is_staff_for(category, address):
             continue
+        inboxes.add(mailbox(address))
         found.append((address, ""))
     chosen = tuple(found[:max(0, min(room, policy.participants_per_message))])
     return chosen, len(found) - len(chosen)

@@ -387,3 +387,40 @@ def test_a_stranger_of_a_public_domain_is_no_duplicate_of_anothers_connection(de
     assert case["participants"] == ["ann@gmail.com"]
     assert [m["from"] for m in case["messages"] if m["direction"] == "in"] == ["ann@gmail.com"]
     assert "ann@gmail.com" not in recipients(desk)
+
+
+def test_plus_and_dot_variants_of_one_inbox_share_its_limits(desk_factory):
+    """Gmail delivers victim+anything@ and v.i.c.t.i.m@ to one inbox. Each variant had
+    limits of its own, so Eve, writing in the victim's name (a From is a claim) with
+    nine more variants in Cc, made an acknowledgement of her text land in that inbox
+    ten times a mail, for as many mails as she liked."""
+    desk = desk_factory(**listening())
+    variants = ["victim+{n}@gmail.com", "v.ictim+{n}x@gmail.com", "VICTIM+{n}y@gmail.com"]
+    with listener(desk) as port:
+        for n in range(12):
+            cc = [f"victim+{n}.{i}@gmail.com" for i in range(9)]
+            sender = variants[n % 3].format(n=n)
+            over_smtp(port, make_mail(sender, "support@example.com", f"Offer {n}",
+                                      "BUY NOW at attacker.example!\n", cc=cc),
+                      ["support@example.com"], mail_from=sender)
+    deliver_all(desk.app)
+    into_victims_inbox = [r for r in recipients(desk) if r.endswith("@gmail.com")]
+    assert len(into_victims_inbox) <= 5  # limits.new_cases_per_sender: 5/1h, one ack each
+    cases = json.loads(desk.cli("cases", "list", "--json", check=True).stdout)
+    assert len(cases) == 5 and all(len(c["participants"]) == 1 for c in cases)
+    assert len(json.loads(desk.cli("failed", "list", "--json", check=True).stdout)) == 7
+
+
+def test_acknowledgements_to_one_inbox_are_counted_together(desk_factory):
+    # Strangers of their own (each within their new-case limit) copying the victim's
+    # variants: limits.auto_mail_per_recipient (10 per 10 minutes) counts the inbox.
+    desk = desk_factory(**listening())
+    with listener(desk) as port:
+        for n in range(15):
+            sender = f"sender{n}@attacker{n}.example"
+            over_smtp(port, make_mail(sender, "support@example.com", f"Offer {n}",
+                                      "BUY NOW at attacker.example!\n",
+                                      cc=[f"victim+{n}@gmail.com"]),
+                      ["support@example.com"], mail_from=sender)
+    deliver_all(desk.app)
+    assert len([r for r in recipients(desk) if r.endswith("@gmail.com")]) == 10
