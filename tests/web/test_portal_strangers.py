@@ -115,3 +115,15 @@ def test_the_sign_in_answer_tells_no_time_that_would_tell_a_customer_from_a_stra
     assert known.status_code == unknown.status_code == 200
     assert "server-timing" not in known.headers and "server-timing" not in unknown.headers
     assert sorted(known.headers) == sorted(unknown.headers)
+
+
+def test_five_sign_in_mails_an_hour_per_inbox_whatever_the_spelling(portal, client_factory):
+    # "@staff.example.com" makes kim+1@, kim+2@ ... staff addresses, each with its own
+    # five links an hour: a stranger could fill Kim's inbox with sign-in mails.
+    from helpdesk.outbound.deliver import deliver_all
+    from tests.web.conftest import request_link
+    client = client_factory()
+    for n in range(12):
+        request_link(client, f"kim+{n}@staff.example.com")
+    deliver_all(portal.app)
+    assert len(portal.mta.handler.envelopes) == 5
