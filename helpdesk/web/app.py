@@ -123,12 +123,13 @@ class Portal:
         except NotAnAddress:
             valid = False
         if valid:
-            queued = False
-            with self.app.sessions.begin() as session:
-                if is_known(session, self.app, address):
+            with self.read() as session:  # a stranger's request never takes the write lock
+                known = is_known(session, self.app, address)
+            if known:
+                with self.app.sessions.begin() as session:
                     queued = queue_login(session, self.app, address, self.app.clock.now())
-            if queued:
-                self.wake_sender()
+                if queued:
+                    self.wake_sender()
         # The same page whether we know the address or not: nobody learns who is a customer.
         return self.page(request, "login.html", viewer=None, sent=address if valid else "",
                          email=address)

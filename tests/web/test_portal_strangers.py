@@ -127,3 +127,26 @@ def test_five_sign_in_mails_an_hour_per_inbox_whatever_the_spelling(portal, clie
         request_link(client, f"kim+{n}@staff.example.com")
     deliver_all(portal.app)
     assert len(portal.mta.handler.envelopes) == 5
+
+
+def test_a_strangers_sign_in_request_takes_no_write_lock(portal, client_factory):
+    # Every POST /login began a write transaction (BEGIN IMMEDIATE on SQLite), for an
+    # address we do not know too: anyone could queue the mail pipeline behind a flood
+    # of anonymous form posts.
+    from sqlalchemy import event
+    from tests.web.conftest import csrf_of
+    client = client_factory()
+    token = csrf_of(client.get("/login").text)
+    begun: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if statement.startswith("BEGIN"):
+            begun.append(statement)
+
+    event.listen(portal.app.engine, "before_cursor_execute", record)
+    try:
+        for n in range(3):
+            client.post("/login", data={"email": f"nobody{n}@customer.example", "csrf": token})
+    finally:
+        event.remove(portal.app.engine, "before_cursor_execute", record)
+    assert "BEGIN IMMEDIATE" not in begun
