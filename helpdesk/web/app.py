@@ -239,6 +239,8 @@ class Portal:
             attachment_id = int(request.path_params["id"])
         except ValueError:
             return self.not_found(request, viewer)
+        if not 0 < attachment_id < 2**63:  # no row has it, and the database would overflow
+            return self.not_found(request, viewer)
         with self.read() as session:
             found = pages.attachment(session, self.app, viewer, request.path_params["ref"],
                                      attachment_id)

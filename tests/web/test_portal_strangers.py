@@ -150,3 +150,13 @@ def test_a_strangers_sign_in_request_takes_no_write_lock(portal, client_factory)
     finally:
         event.remove(portal.app.engine, "before_cursor_execute", record)
     assert "BEGIN IMMEDIATE" not in begun
+
+
+def test_an_attachment_id_past_the_databases_integers_is_not_found(portal, client_factory):
+    # int("9" * 23) overflowed SQLite's integer: a 500 and a traceback in the log per
+    # request, for anyone signed in.
+    ref = open_case(portal, ANA, "Printer on fire")
+    client = client_factory()
+    sign_in(client, portal, ANA)
+    for wrong in ("9" * 23, "-1", "0"):
+        assert client.get(f"/cases/{ref}/attachments/{wrong}").status_code == 404
