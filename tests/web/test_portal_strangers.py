@@ -160,3 +160,26 @@ def test_an_attachment_id_past_the_databases_integers_is_not_found(portal, clien
     sign_in(client, portal, ANA)
     for wrong in ("9" * 23, "-1", "0"):
         assert client.get(f"/cases/{ref}/attachments/{wrong}").status_code == 404
+
+
+def test_a_copy_of_the_database_holds_no_sign_in_link_of_a_mail_that_went_out(
+        portal, client_factory):
+    # Tokens are stored as hashes, "so a copy of the database signs nobody in": but the
+    # outbox kept every sent mail's bytes and template values, each participant's
+    # 30-day case link and each fresh sign-in link (staff's too) in clear.
+    import json
+
+    from helpdesk.outbound.deliver import deliver_all
+    from helpdesk.store.orm import Outbox
+    from tests.web.conftest import CASE_LINK, LOGIN_LINK, body_text, request_link
+    open_case(portal, ANA, "Printer on fire", cc=["bo@customer.example"])
+    request_link(client_factory(), "agent@example.com")
+    deliver_all(portal.app)
+    tokens = [found[1].rsplit("/", 1)[1].rsplit("=", 1)[-1] for m in portal.sent()
+              for found in (CASE_LINK.search(body_text(m)), LOGIN_LINK.search(body_text(m)))
+              if found]
+    assert len(tokens) == 3  # Ana's and Bo's case links, the agent's sign-in link
+    with portal.app.reads() as session:
+        stored = [(row.raw or b"").decode("ascii", "replace") + json.dumps(row.render)
+                  for row in session.scalars(select(Outbox))]
+    assert stored and not [t for t in tokens if any(t in s for s in stored)]
