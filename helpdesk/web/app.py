@@ -247,7 +247,9 @@ class Portal:
         if found is None:
             return self.not_found(request, viewer)
         filename, data = found
-        safe = "".join(c for c in filename if c.isalnum() or c in "._- ") or "attachment"
+        # filename= for old clients, in plain ASCII (a header is Latin-1); filename* whole.
+        safe = "".join(c for c in filename
+                       if c.isascii() and (c.isalnum() or c in "._- ")).strip() or "attachment"
         return Response(data, media_type="application/octet-stream", headers={
             "Content-Disposition": f"attachment; filename=\"{safe}\"; "
                                    f"filename*=UTF-8''{quote(filename)}",

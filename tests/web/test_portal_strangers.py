@@ -183,3 +183,26 @@ def test_a_copy_of_the_database_holds_no_sign_in_link_of_a_mail_that_went_out(
         stored = [(row.raw or b"").decode("ascii", "replace") + json.dumps(row.render)
                   for row in session.scalars(select(Outbox))]
     assert stored and not [t for t in tokens if any(t in s for s in stored)]
+
+
+def test_an_attachment_named_in_any_script_downloads_under_its_name(portal, client_factory):
+    # The plain filename="..." kept every letter, Cyrillic too, and a response header
+    # is Latin-1: a 500 for the file (and a traceback in the log) instead of the file.
+    import re
+    from email.message import EmailMessage
+    from urllib.parse import quote
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = ANA, "support@example.com", "Invoice"
+    msg["Message-ID"] = "<invoice@customer.example>"
+    msg.set_content("See attached.")
+    msg.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf",
+                       filename="счёт №1 \"x\".pdf")
+    ref = portal.ingest(msg.as_bytes()).ref
+    client = client_factory()
+    sign_in(client, portal, ANA)
+    href = re.search(rf'href="(/cases/{ref}/attachments/\d+)"', client.get(f"/cases/{ref}").text)[1]
+    got = client.get(href)
+    assert got.status_code == 200 and got.content == b"%PDF-1.4"
+    disposition = got.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="') and disposition.isascii()
+    assert f"filename*=UTF-8''{quote('счёт №1 _x_.pdf')}" in disposition
