@@ -14,8 +14,9 @@ or UTF-8 per RFC 6531) and a domain name. Anything else is not an address:
   header registry's parser is quadratic (a 500 KB To took 19 s).
 - ``check_address`` decides whether the text of one element is an address, with
   ``email-validator`` (syntax only, never DNS): no quoted local part, no route
-  (``%``, ``!``) in it, no domain literal, no control, format or bidi characters, the length limits, a valid IDNA
-  domain that is not a special-use name (localhost, .local, .invalid, .onion, .arpa).
+  (``%``, ``!``) in it, no domain literal, no control, format or bidi characters,
+  the length limits, a valid IDNA domain that is not a special-use name (localhost,
+  .local, .invalid, .onion, .arpa).
   It refuses encoded-words itself: they are text, never part of an address.
 """
 from __future__ import annotations

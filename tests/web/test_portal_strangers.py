@@ -3,11 +3,31 @@ that is not theirs. Each test is one hole, through the portal's HTTP (and the ma
 that leads to it), with what the attacker would have seen."""
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import json
+import re
+from email.message import EmailMessage
+from urllib.parse import quote
 
-from helpdesk.store.orm import Case
+from sqlalchemy import event, func, select
+from starlette.testclient import TestClient
+
+from helpdesk.outbound.deliver import deliver_all
+from helpdesk.store.orm import Case, Outbox
+from helpdesk.web.app import make_app
 from tests.servers.helpdesk import make_mail
-from tests.web.conftest import open_case, sign_in
+from tests.web.conftest import (
+    BASE,
+    CASE_LINK,
+    LOGIN_LINK,
+    body_text,
+    csrf_of,
+    open_case,
+    post_form,
+    request_link,
+    sign_in,
+    staff_mail,
+    web_config,
+)
 
 ANA = "ana@customer.example"
 EVE = "eve@other.example"
@@ -28,15 +48,16 @@ def test_a_stranger_who_types_a_tag_sees_nothing_of_that_case_among_the_linked_o
     assert f'href="/cases/{mine}"' not in ana.get(f"/cases/{victim}").text
     staff = client_factory()  # staff still see the link, both ways
     sign_in(staff, portal, "agent@example.com")
-    assert victim in staff.get(f"/cases/{mine}").text and "Layoffs" in staff.get(f"/cases/{mine}").text
+    seen = staff.get(f"/cases/{mine}").text
+    assert victim in seen and "Layoffs" in seen
     assert mine in staff.get(f"/cases/{victim}").text
 
 
 def test_a_customer_sees_the_closed_case_their_reply_reopened_as_a_new_one(portal, client_factory):
-    from tests.web.conftest import staff_mail
     old = open_case(portal, ANA, "Printer on fire")
     staff_mail(portal, old, "#close\n")
-    new = portal.ingest(make_mail(ANA, "support@example.com", f"Re: [{old}] again", "Again.\n")).ref
+    new = portal.ingest(make_mail(ANA, "support@example.com", f"Re: [{old}] again",
+                                  "Again.\n")).ref
     assert new != old
     ana = client_factory()
     sign_in(ana, portal, ANA)
@@ -48,8 +69,6 @@ def test_a_routed_address_in_a_staff_domain_gets_no_staff_sign_in_link(portal, c
     # delivers for that domain reads eve%other.example@staff.example.com as
     # eve@other.example (Postfix's allow_percent_hack and swap_bangpath, both on by
     # default; sendmail alike): a link to it was an all-cases staff session for Eve.
-    from helpdesk.outbound.deliver import deliver_all
-    from tests.web.conftest import request_link
     open_case(portal, ANA, "Printer on fire")
     portal.mta.handler.clear()
     client = client_factory()
@@ -64,11 +83,8 @@ def test_replies_on_the_web_to_a_closed_case_open_no_more_cases_than_mail_may(
         desk_factory, client_factory):
     # limits.new_cases_per_sender holds for every way in: each web reply to a closed
     # case opened one more case (and one more staff notice), without any bound.
-    from starlette.testclient import TestClient
-
-    from helpdesk.web.app import make_app
-    from tests.web.conftest import BASE, post_form, staff_mail, web_config
-    desk = desk_factory(name="strict", **{**web_config(), "limits": {"new_cases_per_sender": "2/1h"}})
+    desk = desk_factory(name="strict",
+                        **{**web_config(), "limits": {"new_cases_per_sender": "2/1h"}})
     closed = open_case(desk, EVE, "Old trouble")  # one of her two this hour
     staff_mail(desk, closed, "#close\n")
     client = TestClient(make_app(desk.app), base_url=BASE, follow_redirects=False)
@@ -86,7 +102,6 @@ def test_the_big_mail_providers_country_domains_are_nobodys_company(portal, clie
     # Only 40 providers were public: everyone at hotmail.co.uk, yahoo.fr, comcast.net,
     # btinternet.com ... was everyone else's colleague there. Zed typed Ann's tag and
     # joined her case silently (then got its mail), and saw it in "My company".
-    from helpdesk.outbound.deliver import deliver_all
     for ann, zed in (("ann@hotmail.co.uk", "zed@hotmail.co.uk"),
                      ("ann@yahoo.fr", "zed@yahoo.fr"),
                      ("ann@comcast.net", "zed@comcast.net"),
@@ -108,7 +123,6 @@ def test_the_sign_in_answer_tells_no_time_that_would_tell_a_customer_from_a_stra
     # A known address costs a token and a mail (a write and a commit), an unknown one a
     # lookup: Server-Timing said so to the millisecond (4-9 ms against 1.5-4.5 ms
     # here), so the "same page for everyone" still told who is a customer.
-    from tests.web.conftest import request_link
     open_case(portal, ANA, "Printer on fire")
     client = client_factory()
     known, unknown = request_link(client, ANA), request_link(client, "nobody@customer.example")
@@ -120,8 +134,6 @@ def test_the_sign_in_answer_tells_no_time_that_would_tell_a_customer_from_a_stra
 def test_five_sign_in_mails_an_hour_per_inbox_whatever_the_spelling(portal, client_factory):
     # "@staff.example.com" makes kim+1@, kim+2@ ... staff addresses, each with its own
     # five links an hour: a stranger could fill Kim's inbox with sign-in mails.
-    from helpdesk.outbound.deliver import deliver_all
-    from tests.web.conftest import request_link
     client = client_factory()
     for n in range(12):
         request_link(client, f"kim+{n}@staff.example.com")
@@ -133,8 +145,6 @@ def test_a_strangers_sign_in_request_takes_no_write_lock(portal, client_factory)
     # Every POST /login began a write transaction (BEGIN IMMEDIATE on SQLite), for an
     # address we do not know too: anyone could queue the mail pipeline behind a flood
     # of anonymous form posts.
-    from sqlalchemy import event
-    from tests.web.conftest import csrf_of
     client = client_factory()
     token = csrf_of(client.get("/login").text)
     begun: list[str] = []
@@ -167,11 +177,6 @@ def test_a_copy_of_the_database_holds_no_sign_in_link_of_a_mail_that_went_out(
     # Tokens are stored as hashes, "so a copy of the database signs nobody in": but the
     # outbox kept every sent mail's bytes and template values, each participant's
     # 30-day case link and each fresh sign-in link (staff's too) in clear.
-    import json
-
-    from helpdesk.outbound.deliver import deliver_all
-    from helpdesk.store.orm import Outbox
-    from tests.web.conftest import CASE_LINK, LOGIN_LINK, body_text, request_link
     open_case(portal, ANA, "Printer on fire", cc=["bo@customer.example"])
     request_link(client_factory(), "agent@example.com")
     deliver_all(portal.app)
@@ -188,9 +193,6 @@ def test_a_copy_of_the_database_holds_no_sign_in_link_of_a_mail_that_went_out(
 def test_an_attachment_named_in_any_script_downloads_under_its_name(portal, client_factory):
     # The plain filename="..." kept every letter, Cyrillic too, and a response header
     # is Latin-1: a 500 for the file (and a traceback in the log) instead of the file.
-    import re
-    from email.message import EmailMessage
-    from urllib.parse import quote
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = ANA, "support@example.com", "Invoice"
     msg["Message-ID"] = "<invoice@customer.example>"
@@ -200,7 +202,8 @@ def test_an_attachment_named_in_any_script_downloads_under_its_name(portal, clie
     ref = portal.ingest(msg.as_bytes()).ref
     client = client_factory()
     sign_in(client, portal, ANA)
-    href = re.search(rf'href="(/cases/{ref}/attachments/\d+)"', client.get(f"/cases/{ref}").text)[1]
+    page = client.get(f"/cases/{ref}").text
+    href = re.search(rf'href="(/cases/{ref}/attachments/\d+)"', page)[1]
     got = client.get(href)
     assert got.status_code == 200 and got.content == b"%PDF-1.4"
     disposition = got.headers["content-disposition"]
