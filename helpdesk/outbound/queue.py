@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
-from helpdesk.core.amplification import admit, span
+from helpdesk.core.amplification import admit, mailbox, span
 from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_address, staff_reply_address, staff_reply_token, tagged_subject
@@ -197,7 +197,7 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
               subject=envelope.subject, date=now, headers={}, text="", html="")
     if mail.kind not in UNLIMITED_KINDS:
         for address in recipients:
-            facts.add(AutoMail, address=address, case_id=case.id, at=now)
+            facts.add(AutoMail, address=mailbox(address), case_id=case.id, at=now)
     return True
 
 
@@ -231,10 +231,10 @@ def _within_limits(session: Session, app: App, case: Case | None, kind: MailKind
                      facts)
             return []
     allowed = []
-    for address in recipients:
+    for address in recipients:  # counted per inbox: victim+1@ and victim+2@ are one
         over = next((f"{count} per {span(window)} to {address}"
                      for count, window in limits.auto_mail_per_recipient
-                     if facts.sent_to(address, now - window) >= count), None)
+                     if facts.sent_to(mailbox(address), now - window) >= count), None)
         if over:
             _limited(case, kind, [address], over, now, facts)
         else:
@@ -289,5 +289,5 @@ def queue_notice(session: Session, app: App, category: str, kind: MailKind,
                  render=notice_spec(envelope, category, msg, note),
                  status="queued", attempts=0, next_attempt_at=now, created_at=now)
     session.add(row)
-    session.add_all(AutoMail(address=a, case_id=None, at=now) for a in recipients)
+    session.add_all(AutoMail(address=mailbox(a), case_id=None, at=now) for a in recipients)
     return row

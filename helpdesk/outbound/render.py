@@ -37,7 +37,7 @@ from helpdesk.mail import compose
 from helpdesk.mail.context import build_context
 from helpdesk.outbound.outbox import Bytes, Claimed
 from helpdesk.store.db import is_storage_trouble
-from helpdesk.store.orm import Case, CaseLink, Message, Participant, Suggestion
+from helpdesk.store.orm import Case, CaseLink, Message, Outbox, Participant, Suggestion
 
 if TYPE_CHECKING:
     from helpdesk.mail.templates import TemplateBatch
@@ -149,6 +149,20 @@ def case_copy(mail: Rendered, spec: dict[str, Any] | None) -> tuple[str, str]:
         return mail.text, mail.html
     plain = link.partition("?t=")[0]
     return mail.text.replace(link, plain), mail.html.replace(link, plain)
+
+
+def forget_sign_in_link(row: Outbox) -> None:
+    """Once a mail that carried someone's sign-in link has gone (or never will), its row
+    keeps neither its bytes nor its template values: the tokens are stored as hashes
+    only, so that a copy of the database signs nobody in (``store.tokens``)."""
+    if carries_sign_in_link(row.render):
+        row.raw, row.render = None, None
+
+
+def carries_sign_in_link(spec: dict[str, Any] | None) -> bool:
+    """Whether a mail rendered from ``spec`` (``Outbox.render``) holds a sign-in link."""
+    portal = (spec or {}).get("portal") or {}
+    return bool(portal.get("login_url") or "?t=" in (portal.get("case_url") or ""))
 
 
 def _notice_context(app: App, spec: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -65,7 +65,7 @@ from helpdesk.clock import Clock
 from helpdesk.config import Settings
 from helpdesk.outbound import outbox
 from helpdesk.outbound.outbox import Claimed
-from helpdesk.outbound.render import Render, to_keep
+from helpdesk.outbound.render import Render, carries_sign_in_link, forget_sign_in_link, to_keep
 from helpdesk.outbound.transport import (
     ConnectionFailure,
     DeliveryError,
@@ -266,8 +266,8 @@ def _record(conn: Connection, mail: Claimed, outcome: _Outcome, now: datetime) -
     """Record what became of a mail, in the caller's transaction on ``conn``: the common
     case, all accepted and the row still ours, in one statement; anything else through
     ``_record_carefully``."""
-    if outcome.accepted and not (outcome.permanent or outcome.temporary) \
-            and outbox.mark_sent(conn, mail, now):
+    if outcome.accepted and not (outcome.permanent or outcome.temporary) and outbox.mark_sent(
+            conn, mail, now, forget=carries_sign_in_link(mail.spec)):
         log.info("sent outbox=%s mid=%s to=%d", mail.id, mail.message_id, len(outcome.accepted))
         return SendResult(sent=1)
     with Session(bind=conn) as session:  # joins the transaction, leaves its end to conn
@@ -325,6 +325,7 @@ def _record_carefully(session: Session, mail: Claimed, outcome: _Outcome,
         notes.append(reason or "no recipients")
     row.last_error = "; ".join(notes) or None
 
+    forget_sign_in_link(row)  # sent or dead: its bytes are of no more use
     if outcome.accepted:
         row.status, row.sent_at = "sent", now
         log.info("sent outbox=%s mid=%s to=%d", row.id, row.message_id, len(outcome.accepted))

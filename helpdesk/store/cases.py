@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.core.access import asks_for_case_list
-from helpdesk.core.amplification import OpenedCases
+from helpdesk.core.amplification import OpenedCases, mailbox
 from helpdesk.core.decide import Context, Policy, duplicate_key, route
 from helpdesk.core.matching import Candidates, CaseView
 from helpdesk.core.model import InboundMessage
@@ -108,6 +108,7 @@ def opened_cases(session: Session, sender: str, policy: Policy,
                  now: datetime) -> tuple[OpenedCases, ...]:
     """How many cases ``sender``, and its domain, opened in each new-case window; a public
     mail domain's count is not asked for (it is never one sender)."""
+    sender = mailbox(sender)  # as ``Case.opened_by`` holds it
     domain = sender.rpartition("@")[2]
     counted = []
     for _, window in policy.new_cases_per_sender:
