@@ -70,14 +70,14 @@ class SendingProcess:
         """There is new mail in the outbox: look now, not at the next poll."""
         self._wake.set()
 
-    def finish(self, timeout: float | None = None) -> None:
-        """Send all that is due, then end; wait for that."""
+    def finish(self) -> None:
+        """Send all that is due (at most ``_MAX_DRAIN`` passes), then end; wait for that."""
         self._finish.set()
         self._wake.set()
-        self._join(timeout)
+        self._join(None)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """End after the mail in hand; wait for that (and end it if it does not)."""
+        """End after the mail in hand; wait for that, and kill it after ``timeout``."""
         self._stop.set()
         self._wake.set()
         self._join(timeout)
@@ -94,10 +94,10 @@ class SendingProcess:
         if process is None:
             return
         process.join(timeout)
-        if process.is_alive():
-            log.error("sending process %s did not end in time; terminating it", process.pid)
-            process.terminate()
-            process.join(5.0)
+        if process.is_alive():  # stuck past every SMTP and lock timeout
+            log.error("sending process %s did not end in time; killing it", process.pid)
+            process.kill()
+            process.join()
         elif process.exitcode:
             log.error("sending process %s exited with %s", process.pid, process.exitcode)
 
