@@ -20,23 +20,23 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from helpdesk.app import App
+from helpdesk.core.decide import Context, decide, route, support_addresses
 from helpdesk.core.decide import Outcome as Disposition
-from helpdesk.core.decide import decide, route, support_addresses
 from helpdesk.core.model import InboundMessage
 from helpdesk.core.selfservice import Suggestion
 from helpdesk.inbound.verify import sender_trust
 from helpdesk.mail.parsing import HeaderLimits, parse_message
-from helpdesk.store import cases
+from helpdesk.store import cases, tables
 from helpdesk.store.apply import apply_decision
-from helpdesk.store.db import is_storage_trouble
-from helpdesk.store.orm import CaseAddress, Inbound, Message
+from helpdesk.store.db import is_storage_trouble, orm_session
+from helpdesk.store.orm import Inbound
 from helpdesk.sweep import run_due_step
 
 log = logging.getLogger(__name__)
@@ -84,67 +84,81 @@ def ingest_raw(app: App, raw: bytes, *, source: str, source_key: str | None = No
 
 def _ingest_once(app: App, raw: bytes, source: str, source_key: str,
                  envelope_recipients: tuple[str, ...]) -> Outcome:
-    with app.reads() as session:  # a re-delivery is known before anything is parsed
-        known = _received(session, source, source_key)
+    with app.read_engine.connect() as db:  # a re-delivery is known before anything is parsed
+        known = _received(db, source, source_key)
+        cases.remember_secret_key(db, app)
     if known is not None:
         return known
     # Parsed before the write lock: it takes time.
     msg = parse_message(raw, envelope_recipients, header_limits(app))
     suggestions = _suggestions(app, msg)  # a search, before the write lock too
-    with app.sessions.begin() as session:
-        known = _received(session, source, source_key)  # by another process meanwhile
+    with app.engine.begin() as db:
+        known = _received(db, source, source_key)  # by another process meanwhile
         if known is not None:
             return known
         now = app.clock.now()
-        inbound = Inbound(source=source, source_key=source_key, received_at=now, raw=b"",
-                          envelope_recipients=list(envelope_recipients), status="done")
-        session.add(inbound)
-        session.flush()
-        duplicate = _duplicate_of(session, msg)
+        duplicate = _duplicate_of(db, msg)
         if duplicate is not None:
-            _record_addresses(session, app, duplicate, msg)
-            inbound.outcome, inbound.case_id = "duplicate", duplicate.case_id
-            log.info("DUPLICATE inbound=%s mid=%s case=%s", inbound.id, msg.message_id,
-                     duplicate.case_id)
-            del msg, duplicate
-            _store_raw(session, inbound, raw)
-            return Outcome("duplicate", inbound.id)
+            inbound_id = _insert_inbound(db, source, source_key, envelope_recipients, now,
+                                         "done", "duplicate")
+            _record_addresses(db, app, duplicate, msg)
+            log.info("DUPLICATE inbound=%s mid=%s case=%s", inbound_id, msg.message_id, duplicate)
+            del msg
+            _store_raw(db, inbound_id, raw, duplicate)
+            return Outcome("duplicate", inbound_id)
         policy = app.policy
-        secret = app.settings.helpdesk.secret
-        key = cases.reply_secret(session, secret.get_secret_value() if secret else None)
+        key = cases.secret_key(db, app)
         trust = sender_trust(msg, policy, key, app.settings.trust.authserv_ids)
-        context = cases.load_context(session, msg, policy, key, now, trust)
-        if _expire_candidates(session, app, context, now):
-            context = cases.load_context(session, msg, policy, key, now, trust)
+        context = cases.load_context(db, msg, policy, key, now, trust)
+        if _expire_candidates(db, app, context, now):
+            context = cases.load_context(db, msg, policy, key, now, trust)
         decision = decide(msg, replace(context, suggestions=suggestions), policy)
-        case = apply_decision(session, app, decision, msg, inbound.id, now)
-        inbound.outcome = str(decision.outcome)
-        inbound.case_id = case.id if case else None
+        status, error = "done", None
         if decision.outcome is Disposition.HELD:
             # Over a limit: nothing was done or sent. Kept with the reason in the
             # quarantine, where `helpdesk failed retry` takes it through again later.
-            inbound.status, inbound.error = "failed", "held: " + "; ".join(decision.reasons)
-        elif msg.parse_events and (case is None or decision.store_as is None):
+            status, error = "failed", "held: " + "; ".join(decision.reasons)
+        elif msg.parse_events and (decision.new_case is None and decision.case is None
+                                   or decision.store_as is None):
             # not stored on a case, whose events would hold them: keep them with the mail
-            inbound.error = "; ".join(f"{type_}: {detail}" for type_, detail in msg.parse_events)
-        log.info("%s inbound=%s mid=%s case=%s%s", str(decision.outcome).upper(), inbound.id,
+            error = "; ".join(f"{type_}: {detail}" for type_, detail in msg.parse_events)
+        inbound_id = _insert_inbound(db, source, source_key, envelope_recipients, now, status,
+                                     str(decision.outcome), error)
+        case = apply_decision(db, app, decision, msg, inbound_id, now)
+        log.info("%s inbound=%s mid=%s case=%s%s", str(decision.outcome).upper(), inbound_id,
                  msg.message_id, case.ref if case else "-",
                  f" reasons={list(decision.reasons)}" if decision.reasons else "")
-        outcome = Outcome(str(decision.outcome), inbound.id, case.ref if case else None,
+        outcome = Outcome(str(decision.outcome), inbound_id, case.ref if case else None,
                           "; ".join(decision.reasons))
         for type_, detail in msg.parse_events:
-            log.warning("%s inbound=%s mid=%s %s", type_.upper(), inbound.id, msg.message_id, detail)
+            log.warning("%s inbound=%s mid=%s %s", type_.upper(), inbound_id, msg.message_id, detail)
+        case_id = case.id if case else None
         del msg, decision, context, case  # the attachments are stored: let them go
-        _store_raw(session, inbound, raw)
+        _store_raw(db, inbound_id, raw, case_id)
         return outcome
 
 
-def _received(session: Session, source: str, source_key: str) -> Outcome | None:
-    known = session.scalar(select(Inbound).where(Inbound.source == source,
-                                                 Inbound.source_key == source_key))
+_INBOUND = tables.inbound
+_RECEIVED = select(_INBOUND.c.id, _INBOUND.c.outcome).where(
+    _INBOUND.c.source == bindparam("source"), _INBOUND.c.source_key == bindparam("key"))
+_INSERT_INBOUND = insert(_INBOUND)
+
+
+def _received(db: Connection | Session, source: str, source_key: str) -> Outcome | None:
+    known = db.execute(_RECEIVED, {"source": source, "key": source_key}).first()
     if known is None:
         return None
     return Outcome("duplicate", known.id, reason=f"already received as {known.outcome}")
+
+
+def _insert_inbound(db: Connection, source: str, source_key: str,
+                    envelope_recipients: tuple[str, ...], now: datetime, status: str,
+                    outcome: str, error: str | None = None) -> int:
+    """The row of a received mail, without its bytes yet (``_store_raw``, last)."""
+    return db.execute(_INSERT_INBOUND, {
+        "source": source, "source_key": source_key, "received_at": now, "raw": b"",
+        "envelope_recipients": list(envelope_recipients), "status": status,
+        "outcome": outcome, "error": error, "attempts": 1}).inserted_primary_key[0]
 
 
 _BLOB_CHUNK = 1 << 20
@@ -174,32 +188,32 @@ def _release_freed_memory() -> None:
         trim(0)
 
 
-def _store_raw(session: Session, inbound: Inbound, raw: bytes) -> None:
-    """Put the received bytes into *inbound*'s row, last thing in the transaction.
+_SET_RAW = update(_INBOUND).where(_INBOUND.c.id == bindparam("inbound_id"))
+_SET_ZEROBLOB = _SET_RAW.values(raw=func.zeroblob(bindparam("size")))
+
+
+def _store_raw(db: Connection, inbound_id: int, raw: bytes, case_id: int | None = None) -> None:
+    """Put the received bytes (and the case it went to) into the inbound row, last thing
+    in the transaction.
 
     Memory, on SQLite: writing a value into a row builds the whole record in memory,
     and any later UPDATE of the row reads it back and builds it again; a bound
     ``bytes`` is copied once more and stays bound in the cached statement. So the row
-    is inserted with an empty ``raw``, everything else in it is flushed first, and the
-    bytes go in through an incremental blob handle over a ``zeroblob``: one transient
-    copy (the record), none kept. Other databases get a plain UPDATE.
+    is inserted with an empty ``raw``, and the bytes go in last, through an incremental
+    blob handle over a ``zeroblob``: one transient copy (the record), none kept. Other
+    databases get a plain UPDATE.
     """
-    session.flush()  # no UPDATE of this row may follow: it would copy the mail again
     if len(raw) >= _TRIM_ABOVE:
         _release_freed_memory()
-    connection = session.connection()
-    blobopen = getattr(connection.connection.dbapi_connection, "blobopen", None)
-    if connection.dialect.name != "sqlite" or blobopen is None:
-        inbound.raw = raw
-        session.flush()
+    blobopen = getattr(db.connection.dbapi_connection, "blobopen", None)
+    if db.dialect.name != "sqlite" or blobopen is None:
+        db.execute(_SET_RAW, {"inbound_id": inbound_id, "case_id": case_id, "raw": raw})
         return
-    connection.execute(update(Inbound).where(Inbound.id == inbound.id)
-                       .values(raw=func.zeroblob(len(raw))))
+    db.execute(_SET_ZEROBLOB, {"inbound_id": inbound_id, "case_id": case_id, "size": len(raw)})
     view = memoryview(raw)
-    with blobopen("inbound", "raw", inbound.id) as blob:
+    with blobopen("inbound", "raw", inbound_id) as blob:
         for start in range(0, len(view), _BLOB_CHUNK):
             blob.write(view[start:start + _BLOB_CHUNK])
-    set_committed_value(inbound, "raw", raw)
 
 
 def header_limits(app: App) -> HeaderLimits:
@@ -220,27 +234,39 @@ def _suggestions(app: App, msg: InboundMessage) -> tuple[Suggestion, ...]:
         return ()
 
 
-def _expire_candidates(session: Session, app: App, context, now) -> bool:
+def _expire_candidates(db: Connection, app: App, context: Context, now: datetime) -> bool:
     """Run a matched case's overdue closure first, so that a reply after the 7 days
     meets a closed case (and opens a new one) even if no sweep ran in between. A due
     reminder is left to the sweep: the reply may be the very answer it would ask for."""
+    due = cases.due(db, [view.id for view in context.candidates.views], now)
+    if not due:
+        return False
     expired = False
-    for view in context.candidates.views:
-        expired |= run_due_step(session, app, view.id, now, closing_only=True)
+    with orm_session(db) as session:
+        for case_id in due:
+            expired |= run_due_step(session, app, case_id, now, closing_only=True)
     return expired
 
 
-def _duplicate_of(session: Session, msg: InboundMessage) -> Message | None:
-    key = msg.message_id or f"sha256:{msg.content_hash}"
-    return session.scalar(select(Message).where(Message.dedupe_key == key))
+_CASE_OF_KEY = select(tables.message.c.case_id).where(
+    tables.message.c.dedupe_key == bindparam("key"))
 
 
-def _record_addresses(session: Session, app: App, existing: Message, msg: InboundMessage) -> None:
-    policy = app.policy
-    for address in support_addresses(msg, policy):
-        if not session.scalar(select(CaseAddress.id).where(CaseAddress.case_id == existing.case_id,
-                                                           CaseAddress.address == address)):
-            session.add(CaseAddress(case_id=existing.case_id, address=address))
+def _duplicate_of(db: Connection, msg: InboundMessage) -> int | None:
+    """The case of the message this one is a copy of (same Message-ID, or same bytes)."""
+    return db.scalar(_CASE_OF_KEY, {"key": msg.message_id or f"sha256:{msg.content_hash}"})
+
+
+_ADDRESSES_OF = select(tables.case_address.c.address).where(
+    tables.case_address.c.case_id == bindparam("case_id"))
+
+
+def _record_addresses(db: Connection, app: App, case_id: int, msg: InboundMessage) -> None:
+    known = set(db.scalars(_ADDRESSES_OF, {"case_id": case_id}))
+    new = [{"case_id": case_id, "address": address}
+           for address in support_addresses(msg, app.policy) if address not in known]
+    if new:
+        db.execute(insert(tables.case_address), new)
 
 
 def _quarantine(app: App, raw: bytes, source: str, source_key: str,
@@ -248,23 +274,20 @@ def _quarantine(app: App, raw: bytes, source: str, source_key: str,
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     log.error("QUARANTINE source=%s key=%s: %s", source, source_key, reason,
               exc_info=not _expected(exc))
+    i = _INBOUND.c
     try:
-        with app.sessions.begin() as session:
-            row = session.scalar(select(Inbound).where(Inbound.source == source,
-                                                       Inbound.source_key == source_key))
-            new = row is None
-            if row is None:
-                row = Inbound(source=source, source_key=source_key, received_at=app.clock.now(),
-                              raw=b"", envelope_recipients=list(envelope_recipients),
-                              status="failed")
-                session.add(row)
+        with app.engine.begin() as db:
+            known = _received(db, source, source_key)
+            if known is None:
+                inbound_id = _insert_inbound(db, source, source_key, envelope_recipients,
+                                             app.clock.now(), "failed", "quarantined", reason)
+                _store_raw(db, inbound_id, raw)
             else:
-                row.attempts += 1
-            row.status, row.outcome, row.error = "failed", "quarantined", reason
-            session.flush()
-            if new:
-                _store_raw(session, row, raw)
-            return Outcome("quarantined", row.id, reason=reason)
+                inbound_id = known.inbound_id
+                db.execute(update(_INBOUND).where(i.id == inbound_id).values(
+                    attempts=i.attempts + 1, status="failed", outcome="quarantined",
+                    error=reason))
+            return Outcome("quarantined", inbound_id, reason=reason)
     except Exception as db_exc:
         if is_storage_trouble(db_exc):
             raise StorageUnavailable.of(db_exc) from db_exc
