@@ -283,13 +283,43 @@ class KnowledgeBaseSection(_Section):
     hold_staff_notice: Duration = timedelta(0)
 
 
+#: Mail domains shared by people who have nothing to do with each other: nobody's
+#: company (no colleagues' cases, no joining another's case by its tag) and never one
+#: sender. The big providers with their country domains, and the large ISPs; an admin
+#: whose customers use another adds it (``web.public_domains`` replaces this list).
 PUBLIC_MAIL_DOMAINS = [
-    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com",
-    "yahoo.com", "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com", "proton.me",
-    "protonmail.com", "gmx.com", "gmx.net", "gmx.de", "web.de", "mail.com", "yandex.com",
-    "yandex.ru", "mail.ru", "qq.com", "163.com", "126.com", "zoho.com", "fastmail.com",
-    "tutanota.com", "hey.com", "orange.fr", "free.fr", "laposte.net", "t-online.de",
-    "libero.it", "virgilio.it", "seznam.cz", "wp.pl", "o2.pl", "naver.com", "daum.net",
+    # Google, Microsoft, Yahoo, Apple, AOL
+    "gmail.com", "googlemail.com",
+    "outlook.com", "outlook.fr", "outlook.de", "outlook.es", "outlook.it", "outlook.jp",
+    "hotmail.com", "hotmail.co.uk", "hotmail.fr", "hotmail.de", "hotmail.it", "hotmail.es",
+    "hotmail.nl", "hotmail.be", "hotmail.ca", "hotmail.com.br", "hotmail.co.jp",
+    "live.com", "live.co.uk", "live.fr", "live.de", "live.it", "live.nl", "live.be",
+    "live.ca", "live.com.au", "live.com.mx", "msn.com", "windowslive.com", "passport.com",
+    "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "yahoo.it", "yahoo.es", "yahoo.ca",
+    "yahoo.com.au", "yahoo.co.in", "yahoo.in", "yahoo.co.jp", "yahoo.com.br", "yahoo.com.mx",
+    "yahoo.com.ar", "yahoo.gr", "yahoo.se", "yahoo.dk", "yahoo.no", "yahoo.ie", "ymail.com",
+    "rocketmail.com", "icloud.com", "me.com", "mac.com", "aol.com", "aol.co.uk", "aol.fr",
+    "aol.de", "aim.com", "verizon.net",
+    # independent and private providers
+    "proton.me", "protonmail.com", "protonmail.ch", "pm.me", "tutanota.com", "tutanota.de",
+    "tuta.io", "tuta.com", "fastmail.com", "fastmail.fm", "hey.com", "zoho.com",
+    "zohomail.com", "mail.com", "email.com", "gmx.com", "gmx.net", "gmx.de", "gmx.at",
+    "gmx.ch", "gmx.fr", "gmx.us", "web.de", "posteo.de", "mailbox.org", "hushmail.com",
+    "duck.com", "yandex.com", "yandex.ru", "yandex.ua", "yandex.by", "yandex.kz", "ya.ru",
+    "mail.ru", "bk.ru", "inbox.ru", "list.ru", "rambler.ru", "ukr.net",
+    "qq.com", "foxmail.com", "163.com", "126.com", "yeah.net", "sina.com", "sina.cn",
+    "sohu.com", "aliyun.com", "139.com", "naver.com", "daum.net", "hanmail.net",
+    "rediffmail.com",
+    # internet providers' own mail
+    "orange.fr", "wanadoo.fr", "free.fr", "sfr.fr", "neuf.fr", "laposte.net",
+    "t-online.de", "freenet.de", "arcor.de", "libero.it", "virgilio.it", "tiscali.it",
+    "alice.it", "tin.it", "seznam.cz", "centrum.cz", "email.cz", "wp.pl", "o2.pl",
+    "interia.pl", "onet.pl", "op.pl", "bluewin.ch", "telenet.be", "skynet.be", "ziggo.nl",
+    "kpnmail.nl", "planet.nl", "home.nl", "telia.com", "online.no", "btinternet.com",
+    "sky.com", "virginmedia.com", "ntlworld.com", "talktalk.net", "comcast.net", "att.net",
+    "sbcglobal.net", "bellsouth.net", "cox.net", "charter.net", "earthlink.net",
+    "optonline.net", "shaw.ca", "rogers.com", "sympatico.ca", "bigpond.com",
+    "optusnet.com.au", "xtra.co.nz", "uol.com.br", "bol.com.br", "terra.com.br",
 ]
 
 

@@ -10,39 +10,11 @@ from helpdesk.app import App
 from helpdesk.core.refs import ref_candidates
 from helpdesk.mail.parsing import parse_message
 from helpdesk.store import cases
-from helpdesk.store.orm import Attachment, Case, CaseAddress, Event, Inbound, Message, Participant
+from helpdesk.store.orm import Attachment, Case, Event, Inbound, Message
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def _case_summary(session: Any, app: App, case: Case) -> dict[str, Any]:
-    participants = session.scalars(select(Participant).where(Participant.case_id == case.id)
-                                   .order_by(Participant.id)).all()
-    category = app.settings.categories.get(case.category)
-    from helpdesk.core import lifecycle
-    from helpdesk.core.lifecycle import Lifecycle
-    return {
-        "ref": case.ref,
-        "category": case.category,
-        "category_label": category.label if category else case.category,
-        "status": case.status,
-        "status_label": lifecycle.label(Lifecycle(category.lifecycle), case.status)
-        if category else case.status,
-        "subject": case.subject,
-        "requester": case.requester,
-        "participants": [p.address for p in participants],
-        "undeliverable": [p.address for p in participants if p.undeliverable],
-        "assignee": case.assignee,
-        "addresses": list(session.scalars(select(CaseAddress.address)
-                                          .where(CaseAddress.case_id == case.id)
-                                          .order_by(CaseAddress.id))),
-        "created_at": _iso(case.created_at),
-        "updated_at": _iso(case.updated_at),
-        "due_at": _iso(case.due_at),
-        "linked_refs": cases.linked_refs(session, case.id),
-    }
 
 
 def list_cases(app: App, *, status: str | None = None, category: str | None = None,
@@ -99,11 +71,14 @@ def resolve_ref(app: App, typed: str) -> str:
 
 
 def show_case(app: App, ref: str) -> dict[str, Any] | None:
+    from helpdesk.store.listing import CaseQuery
+    from helpdesk.store.listing import list_cases as listing
     with app.reads() as session:
-        case = cases.by_ref(session, ref)
-        if case is None:
+        found = listing(session, CaseQuery(ref=ref.upper(), limit=1), details=True).rows
+        if not found:
             return None
-        result = _case_summary(session, app, case)
+        case = found[0]
+        result = _row_summary(app, case)
         messages = session.scalars(select(Message).where(Message.case_id == case.id)
                                    .order_by(Message.id)).all()
         result["messages"] = [{

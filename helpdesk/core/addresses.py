@@ -13,9 +13,10 @@ or UTF-8 per RFC 6531) and a domain name. Anything else is not an address:
   ``alice@a.example)<bob@b.example>`` into two addresses (CVE-2023-27043); the
   header registry's parser is quadratic (a 500 KB To took 19 s).
 - ``check_address`` decides whether the text of one element is an address, with
-  ``email-validator`` (syntax only, never DNS): no quoted local part, no domain
-  literal, no control, format or bidi characters, the length limits, a valid IDNA
-  domain that is not a special-use name (localhost, .local, .invalid, .onion, .arpa).
+  ``email-validator`` (syntax only, never DNS): no quoted local part, no route
+  (``%``, ``!``) in it, no domain literal, no control, format or bidi characters,
+  the length limits, a valid IDNA domain that is not a special-use name (localhost,
+  .local, .invalid, .onion, .arpa).
   It refuses encoded-words itself: they are text, never part of an address.
 """
 from __future__ import annotations
@@ -172,6 +173,11 @@ def _unquote(phrase: str) -> str:
 # RFC 5321 section 4.5.3.1: a path (the address in an SMTP command) is at most 256
 # octets with its angle brackets. Longer text is refused before anything else.
 MAX_ADDRESS_CHARS = 254
+# ``user%domain@host`` and ``domain!user@host`` are valid dot-atoms, and routes: an MTA
+# that delivers for ``host`` may send them on to ``user@domain`` (Postfix's
+# ``allow_percent_hack`` and ``swap_bangpath``, both on by default; sendmail alike).
+# Mail to "any mailbox of @staff.example.com" must not reach a stranger's.
+_ROUTE = re.compile(r"[%!]")
 
 
 def check_address(text: str) -> str:
@@ -181,6 +187,8 @@ def check_address(text: str) -> str:
         raise NotAnAddress(f"longer than {MAX_ADDRESS_CHARS} characters")
     if "=?" in text:
         raise NotAnAddress("an encoded-word: text, never part of an address")
+    if _ROUTE.search(text.rpartition("@")[0]):
+        raise NotAnAddress("a route in the local part (% or !): another address hidden in it")
     try:
         checked = validate_email(
             text, check_deliverability=False, allow_smtputf8=True, allow_quoted_local=False,

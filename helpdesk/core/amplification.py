@@ -10,7 +10,8 @@ people who never wrote to us, each quoting the sender's text. The bounds:
   the bound is on what a mail from outside can cause;
 - ``new_case_limit``: a sender, and the sender's domain, open at most
   ``limits.new_cases_per_sender`` cases per window; a public mail domain (gmail.com)
-  is never counted as one sender;
+  is never counted as one sender; a sender, like every recipient, is counted by
+  ``mailbox`` (``victim+1@`` and ``v.ictim@gmail.com`` are one);
 - ``excerpt``: an acknowledgement quotes at most ``limits.quote_chars`` of the text;
 - ``reply_to_may_replace_from``: Reply-To names the requester only when it cannot
   point our answer at a victim.
@@ -64,6 +65,22 @@ def new_case_limit(opened: Iterable[OpenedCases], rates: Iterable[tuple[int, tim
         if domain not in public_domains and found.by_domain >= limit:
             return f"new-cases-per-sender: {limit} per {span(window)} from @{domain}"
     return None
+
+
+# Providers that ignore dots in the local part: ``v.ictim@gmail.com`` is ``victim@``'s inbox.
+_DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def mailbox(address: str) -> str:
+    """The inbox an address reaches, as the limits count it: without its ``+tag``
+    (RFC 5233 subaddressing: ``victim+1@`` and ``victim+2@`` are ``victim@``), and
+    at Gmail without dots. Otherwise each variant had limits of its own, and one
+    person's inbox could be sent as much as a stranger liked."""
+    local, at, domain = address.lower().rpartition("@")
+    local = local.partition("+")[0] or local
+    if domain in _DOTLESS_DOMAINS:
+        local = local.replace(".", "") or local
+    return f"{local}{at}{domain}"
 
 
 def excerpt(text: str, limit: int) -> str:

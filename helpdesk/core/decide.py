@@ -24,7 +24,13 @@ from enum import StrEnum
 
 from helpdesk.core import lifecycle
 from helpdesk.core.access import asks_for_case_list
-from helpdesk.core.amplification import OpenedCases, new_case_limit, reply_to_may_replace_from
+from helpdesk.core.addresses import NotAnAddress, check_address
+from helpdesk.core.amplification import (
+    OpenedCases,
+    mailbox,
+    new_case_limit,
+    reply_to_may_replace_from,
+)
 from helpdesk.core.classify import HygienePolicy, machine_reasons
 from helpdesk.core.commands import Command, parse_commands, strip_quoted
 from helpdesk.core.lifecycle import Event, IllegalTransition, Lifecycle, Transition, Trigger
@@ -133,7 +139,7 @@ class NewCase:
     duplicate_key: str | None
     linked_to: CaseView | None = None
     link_reason: str | None = None  # reopened | unknown_sender
-    opened_by: str = ""  # the From address (the requester may be its Reply-To)
+    opened_by: str = ""  # the From address's inbox (``mailbox``), what the limits count
     suggestions: tuple[Suggestion, ...] = ()  # shown in the acknowledgement
     hold_notice: bool = False  # the staff notice waits (hold_staff_notice) for self-service
 
@@ -265,8 +271,12 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
               addresses: tuple[str, ...], verified_staff: bool = False,
               linked_to: CaseView | None = None, link_reason: str | None = None) -> Decision:
     category = route(msg, policy)
-    if context.open_duplicate is not None and linked_to is None:
-        existing = context.open_duplicate
+    existing = context.open_duplicate
+    # The same connection asked for again by the requester's company: a duplicate. The
+    # answer names that case and carries its reply address, so never for a stranger
+    # (whoever shares a public mail domain with the requester is one).
+    if existing is not None and linked_to is None and is_known_sender(
+            existing, msg.sender, policy.public_domains):
         return Decision(Outcome.DUPLICATE_REQUEST, case=existing, store_as=MailKind.REPLY,
                         events=(("duplicate_request", {"from": msg.sender,
                                                        "subject": msg.subject}),),
@@ -288,7 +298,7 @@ def _new_case(msg: InboundMessage, context: Context, policy: Policy,
     new = NewCase(category=category.name, status=lifecycle.INITIAL_STATUS[category.lifecycle],
                   subject=subject, requester=requester, requester_name=msg.sender_name,
                   duplicate_key=duplicate_key(msg, category), linked_to=linked_to,
-                  link_reason=link_reason, opened_by=msg.sender, suggestions=shown,
+                  link_reason=link_reason, opened_by=mailbox(msg.sender), suggestions=shown,
                   hold_notice=hold)
     notice = () if hold else (Mail(MailKind.STAFF_NOTICE, Audience.STAFF),)
     return Decision(
@@ -307,12 +317,16 @@ def _has_resolved(lc: Lifecycle) -> bool:
 def _new_participants(msg: InboundMessage, policy: Policy, category: str,
                       exclude: set[str] | frozenset[str],
                       room: int) -> tuple[tuple[tuple[str, str], ...], int]:
-    """The people on To/Cc who join the case: never us, never staff, within the limits;
-    and how many were left out by the limits."""
+    """The people on To/Cc who join the case: never us, never staff, one address per
+    inbox (``mailbox``: ``victim+1@`` ... ``victim+9@`` are one person), within the
+    limits; and how many were left out by the limits."""
     found = []
+    inboxes = {mailbox(a) for a in exclude}
     for address in dict.fromkeys((*msg.to, *msg.cc)):
-        if address in exclude or policy.is_ours(address) or policy.is_staff_for(category, address):
+        if mailbox(address) in inboxes or policy.is_ours(address) \
+                or policy.is_staff_for(category, address):
             continue
+        inboxes.add(mailbox(address))
         found.append((address, ""))
     chosen = tuple(found[:max(0, min(room, policy.participants_per_message))])
     return chosen, len(found) - len(chosen)
@@ -448,8 +462,8 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
         target, note = _target(command, category.lifecycle)
         if command.name == "assign":
             # Only staff: the assignee gets the case's staff notices and may answer them.
-            address = command.argument.strip().lower()
-            if "@" not in address:
+            address = _plain_address(command.argument.strip())
+            if not address:
                 errors.append("#assign needs a staff address, e.g. #assign agent@example.com")
             elif not policy.is_staff_for(category.name, address):
                 errors.append(f"#assign {address}: not a staff address; only staff can be assigned")
@@ -483,6 +497,15 @@ def apply_commands(case: CaseView, commands: tuple[Command, ...], policy: Policy
         events.append(("relayed", {"by": actor}))
     return Decision(Outcome.STAFF_REPLY, case=case, transitions=tuple(transitions),
                     assign=assign, mails=mails, events=tuple(events))
+
+
+def _plain_address(text: str) -> str:
+    """*text* as one plain address (``core.addresses``), else "": never a route
+    (``eve%evil.example@…``) that a mail to a staff domain would follow elsewhere."""
+    try:
+        return check_address(text)
+    except NotAnAddress:
+        return ""
 
 
 def _mails_of(step: Transition, note: str = "") -> tuple[Mail, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -58,6 +59,13 @@ def article_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.md")
                   if p.is_file() and not any(part.startswith(".")
                                              for part in p.relative_to(folder).parts))
+
+
+def is_web_link(url: str) -> bool:
+    """An absolute http(s) link: the only kind an article's ``url`` may be (a
+    ``javascript:`` or ``data:`` one would go into customers' mail)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def slug_of(folder: Path, path: Path) -> str:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from helpdesk.kb.articles import Article, Problem
+from helpdesk.kb.articles import Article, Problem, is_web_link
 
 _MD_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)[^)]*\)")
 
@@ -27,7 +27,7 @@ def check(articles: list[Article], problems: Iterable[Problem], base_url: str | 
     known_categories = set(categories)
     slugs = {a.slug for a in articles}
     for article in articles:
-        if article.url is not None and not _absolute(article.url):
+        if article.url is not None and not is_web_link(article.url):
             found.append(f"{article.slug}: url {article.url!r} is not an absolute http(s) link")
         if article.url is None and not base_url:
             found.append(f"{article.slug}: no url, and knowledge_base.base_url is not set")
@@ -42,11 +42,6 @@ def check(articles: list[Article], problems: Iterable[Problem], base_url: str | 
     found += _duplicates("title", {a.slug: a.title.casefold() for a in articles})
     found += _duplicates("slug", {a.slug: a.slug.casefold() for a in articles})
     return found
-
-
-def _absolute(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _linked_slug(source: str, target: str) -> str | None:

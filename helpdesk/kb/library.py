@@ -19,7 +19,7 @@ from pathlib import Path
 
 from helpdesk.core.commands import strip_quoted
 from helpdesk.core.selfservice import Suggestion
-from helpdesk.kb.articles import Article, Problem, load_articles
+from helpdesk.kb.articles import Article, Problem, is_web_link, load_articles
 from helpdesk.kb.index import Index
 
 RESCAN_EVERY = 1.0  # seconds between two looks at the folder
@@ -63,7 +63,11 @@ class KnowledgeBase:
         return self._current().by_slug.get(slug)
 
     def url_of(self, article: Article) -> str:
-        return article.url or f"{self.base_url}/{article.slug}"
+        """The article's own ``url`` when it is a web link (``kb check`` names one that
+        is not), else ``base_url/<slug>``."""
+        if article.url and is_web_link(article.url):
+            return article.url
+        return f"{self.base_url}/{article.slug}"
 
     # ------------------------------------------------------------------ searching
 

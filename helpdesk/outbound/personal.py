@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from helpdesk.app import App
 from helpdesk.core import lifecycle
+from helpdesk.core.amplification import mailbox
 from helpdesk.core.access import viewer_for
 from helpdesk.core.decide import Mail, route
 from helpdesk.core.lifecycle import Lifecycle
@@ -96,7 +97,7 @@ def queue_case_list(session: Session, app: App, msg: InboundMessage, now: dateti
     portal = {"case_url": "", "login_url": "", "expires_at": None,
               "cases_url": f"{base}/cases"} if web else None
     _add(session, category, kind, envelope, msg, now, portal=portal, case_list=case_list)
-    session.add(AutoMail(address=msg.sender, case_id=None, at=now))
+    session.add(AutoMail(address=mailbox(msg.sender), case_id=None, at=now))
     return True
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
-from helpdesk.core.amplification import admit, span
+from helpdesk.core.amplification import admit, mailbox, span
 from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.matching import CaseView
 from helpdesk.core.model import Direction, InboundMessage, MailKind
@@ -198,7 +198,7 @@ def queue_mail(session: Session | Connection, app: App, case: AnyCase, mail: Mai
               subject=envelope.subject, date=now, headers={}, text="", html="")
     if mail.kind not in UNLIMITED_KINDS:
         for address in recipients:
-            facts.add(AutoMail, address=address, case_id=case.id, at=now)
+            facts.add(AutoMail, address=mailbox(address), case_id=case.id, at=now)
     return True
 
 
@@ -233,10 +233,10 @@ def _within_limits(session: Session | Connection, app: App, case: AnyCase | None
                      facts)
             return []
     allowed = []
-    for address in recipients:
+    for address in recipients:  # counted per inbox: victim+1@ and victim+2@ are one
         over = next((f"{count} per {span(window)} to {address}"
                      for count, window in limits.auto_mail_per_recipient
-                     if facts.sent_to(address, now - window) >= count), None)
+                     if facts.sent_to(mailbox(address), now - window) >= count), None)
         if over:
             _limited(case, kind, [address], over, now, facts)
         else:
@@ -291,5 +291,5 @@ def queue_notice(session: Session, app: App, category: str, kind: MailKind,
                  render=notice_spec(envelope, category, msg, note),
                  status="queued", attempts=0, next_attempt_at=now, created_at=now)
     session.add(row)
-    session.add_all(AutoMail(address=a, case_id=None, at=now) for a in recipients)
+    session.add_all(AutoMail(address=mailbox(a), case_id=None, at=now) for a in recipients)
     return row

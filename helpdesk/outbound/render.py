@@ -135,6 +135,15 @@ def case_copy(mail: Rendered, spec: dict[str, Any] | None) -> tuple[str, str]:
     return mail.text.replace(link, plain), mail.html.replace(link, plain)
 
 
+def forget_sign_in_link(row: Outbox) -> None:
+    """Once a mail that carried someone's sign-in link has gone (or never will), its row
+    keeps neither its bytes nor its template values: the tokens are stored as hashes
+    only, so that a copy of the database signs nobody in (``store.tokens``)."""
+    portal = (row.render or {}).get("portal") or {}
+    if portal.get("login_url") or "?t=" in (portal.get("case_url") or ""):
+        row.raw, row.render = None, None
+
+
 def _notice_context(app: App, spec: dict[str, Any], now: datetime) -> dict[str, Any]:
     msg = spec["message"]
     return build_context(

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import Clock
 from helpdesk.config import Settings
-from helpdesk.outbound.render import Render, keep_rendered
+from helpdesk.outbound.render import Render, forget_sign_in_link, keep_rendered
 from helpdesk.outbound.transport import (
     ConnectionFailure,
     DeliveryError,
@@ -284,6 +284,7 @@ def _record(session: Session, mail: _Claimed, outcome: _Outcome, now: datetime) 
         notes.append(reason or "no recipients")
     row.last_error = "; ".join(notes) or None
 
+    forget_sign_in_link(row)  # sent or dead: its bytes are of no more use
     if outcome.accepted:
         row.status, row.sent_at = "sent", now
         log.info("sent outbox=%s mid=%s to=%d", row.id, row.message_id, len(outcome.accepted))

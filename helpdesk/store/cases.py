@@ -19,7 +19,7 @@ from sqlalchemy import Select, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.core.access import asks_for_case_list
-from helpdesk.core.amplification import OpenedCases
+from helpdesk.core.amplification import OpenedCases, mailbox
 from helpdesk.core.decide import Context, Policy, duplicate_key, route
 from helpdesk.core.matching import Candidates, CaseView
 from helpdesk.core.model import InboundMessage
@@ -207,6 +207,7 @@ def opened_cases(db: Db, sender: str, policy: Policy,
     windows = [window for _, window in policy.new_cases_per_sender]
     if not windows:
         return ()
+    sender = mailbox(sender)  # as ``Case.opened_by`` holds it
     domain = sender.rpartition("@")[2]
     by_domain = domain not in policy.public_domains
     since = {f"since_{i}": now - window for i, window in enumerate(windows)}

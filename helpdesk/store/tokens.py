@@ -6,11 +6,12 @@ cookie; the tables keep their SHA-256, so a copy of the database signs nobody in
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.store.orm import Case, WebSession, WebToken
@@ -37,9 +38,19 @@ def token_row(kind: str, address: str, case_id: int | None, now: datetime,
 
 
 def logins_since(session: Session, address: str, since: datetime) -> int:
+    """The sign-in links mailed to ``address``'s inbox since ``since``: its ``+tag``
+    variants count too (with a ``@domain`` staff entry every one of them is staff)."""
+    local, _, domain = address.lower().rpartition("@")
+    local = local.partition("+")[0] or local
+    tagged = f"{_literal(local)}+%@{_literal(domain)}"
     return session.scalar(select(func.count()).select_from(WebToken).where(
-        WebToken.address == address, WebToken.kind == "login",
-        WebToken.created_at > since)) or 0
+        or_(WebToken.address == f"{local}@{domain}", WebToken.address.like(tagged, escape="/")),
+        WebToken.kind == "login", WebToken.created_at > since)) or 0
+
+
+def _literal(text: str) -> str:
+    """*text* as a LIKE pattern (``ESCAPE '/'``) that matches only itself."""
+    return re.sub(r"([/%_])", r"/\1", text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,8 +88,15 @@ def reply(app: App, viewer: Viewer, ref: str, text: str, nonce: str) -> Done:
             subject=f"Re: {tagged_subject(case.ref, case.subject)}", date=now,
             in_reply_to=(), references=(), text=text, html="",
             headers={"x-helpdesk-via": ("web",)}, size=len(text.encode()))
-        context = Context(candidates=Candidates(by_reply_address=view), sender_trust=WEB_TRUST)
+        # A reply to a closed case opens a new one: bounded as a mail's would be.
+        context = Context(candidates=Candidates(by_reply_address=view), sender_trust=WEB_TRUST,
+                          opened_cases=cases.opened_cases(session, viewer.address, app.policy,
+                                                          now))
         decision = decide(msg, context, app.policy)
+        if decision.outcome is Outcome.HELD:
+            log.info("WEB HELD by=%s case=%s: %s", viewer.address, case.ref, decision.reasons)
+            raise Refused("You have opened too many new cases in a short time; "
+                          "please try again later.")
         touched = apply_in_session(session, app, decision, msg, now)
         log.info("WEB %s by=%s case=%s -> %s", str(decision.outcome).upper(), viewer.address,
                  case.ref, touched.ref if touched else "-")

@@ -24,10 +24,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helpdesk.app import App
 from helpdesk.core.access import Viewer
+from helpdesk.core.addresses import NotAnAddress, check_address
 from helpdesk.mail.filters import format_date, format_datetime
 from helpdesk.outbound.personal import queue_login
 from helpdesk.store import tokens
-from helpdesk.web import actions, pages
+from helpdesk.web import actions, kb_pages, pages
 from helpdesk.web.scope import ANON_COOKIE, SESSION_COOKIE, Csrf, csrf_key, is_known, signed_in
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,27 @@ class Portal:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
 
+    # ------------------------------------------------------------------ knowledge base
+
+    def kb_index(self, request: Request) -> Response:
+        kb = self.app.knowledge_base
+        if not kb.enabled:
+            return self.no_article(request)
+        return self.page(request, "kb.html", viewer=self.viewer(request), article=None,
+                         articles=kb_pages.by_title(kb.articles()))
+
+    def kb_article(self, request: Request) -> Response:
+        kb = self.app.knowledge_base
+        article = kb.get(request.path_params["slug"]) if kb.enabled else None
+        if article is None:
+            return self.no_article(request)
+        return self.page(request, "kb.html", viewer=self.viewer(request), article=article,
+                         body=kb_pages.article_html(article))
+
+    def no_article(self, request: Request) -> HTMLResponse:
+        return self.page(request, "error.html", 404, self.viewer(request), title="Not found",
+                         text="There is no such article in the knowledge base.")
+
     # ------------------------------------------------------------------ sign-in
 
     def login_form(self, request: Request) -> Response:
@@ -117,15 +139,18 @@ class Portal:
         if not self.csrf_ok(request, form):
             return self.refuse_csrf(request)
         address = form.get("email", "").strip().lower()[:_EMAIL]
-        valid = address.count("@") == 1 and "." in address.rpartition("@")[2] \
-            and not any(c.isspace() or c in '<>,;:"()[]\\' for c in address)
+        try:  # the address as mail would have it: checked, normalised, never a route
+            address, valid = check_address(address), True
+        except NotAnAddress:
+            valid = False
         if valid:
-            queued = False
-            with self.app.sessions.begin() as session:
-                if is_known(session, self.app, address):
+            with self.read() as session:  # a stranger's request never takes the write lock
+                known = is_known(session, self.app, address)
+            if known:
+                with self.app.sessions.begin() as session:
                     queued = queue_login(session, self.app, address, self.app.clock.now())
-            if queued:
-                self.wake_sender()
+                if queued:
+                    self.wake_sender()
         # The same page whether we know the address or not: nobody learns who is a customer.
         return self.page(request, "login.html", viewer=None, sent=address if valid else "",
                          email=address)
@@ -235,13 +260,17 @@ class Portal:
             attachment_id = int(request.path_params["id"])
         except ValueError:
             return self.not_found(request, viewer)
+        if not 0 < attachment_id < 2**63:  # no row has it, and the database would overflow
+            return self.not_found(request, viewer)
         with self.read() as session:
             found = pages.attachment(session, self.app, viewer, request.path_params["ref"],
                                      attachment_id)
         if found is None:
             return self.not_found(request, viewer)
         filename, data = found
-        safe = "".join(c for c in filename if c.isalnum() or c in "._- ") or "attachment"
+        # filename= for old clients, in plain ASCII (a header is Latin-1); filename* whole.
+        safe = "".join(c for c in filename
+                       if c.isascii() and (c.isalnum() or c in "._- ")).strip() or "attachment"
         return Response(data, media_type="application/octet-stream", headers={
             "Content-Disposition": f"attachment; filename=\"{safe}\"; "
                                    f"filename*=UTF-8''{quote(filename)}",
@@ -313,7 +342,9 @@ def _with_form(method: Callable[..., Response]) -> Callable[[Request], Any]:
 
 
 class Headers:
-    """Security headers on every response, and the server's own time (Server-Timing)."""
+    """Security headers on every response, and the server's own time (Server-Timing) on
+    pages: never on a POST, whose time would tell what it did (POST /login: a known
+    address costs a token and a mail, an unknown one nothing)."""
 
     HEADERS = [
         (b"content-security-policy", b"default-src 'none'; style-src 'self'; img-src 'self'; "
@@ -339,8 +370,9 @@ class Headers:
                 headers += [(n, v) for n, v in self.HEADERS if n not in names]
                 if b"cache-control" not in names and not scope["path"].startswith("/static/"):
                     headers.append((b"cache-control", b"no-store"))
-                took = (time.perf_counter() - started) * 1000
-                headers.append((b"server-timing", f"app;dur={took:.2f}".encode()))
+                if scope["method"] in ("GET", "HEAD"):  # see the docstring
+                    took = (time.perf_counter() - started) * 1000
+                    headers.append((b"server-timing", f"app;dur={took:.2f}".encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -364,5 +396,7 @@ def make_app(app: App, wake_sender: Callable[[], None] = lambda: None) -> ASGIAp
         Route("/cases/{ref}", _with_form(portal.case_sign_in), methods=["POST"]),
         Route("/cases/{ref}/attachments/{id}", _sync(portal.attachment), methods=["GET"]),
         Route("/cases/{ref}/{action}", _with_form(portal.act), methods=["POST"]),
+        Route("/kb", _sync(portal.kb_index), methods=["GET"]),
+        Route("/kb/{slug:path}", _sync(portal.kb_article), methods=["GET"]),
     ]
     return Headers(Starlette(routes=routes))

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, union_all
+from sqlalchemy import or_, select, union_all
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
@@ -167,21 +167,35 @@ def case_page(session: Session, app: App, viewer: Viewer, ref: str) -> CasePage 
         if a.message_id in by_id:
             by_id[a.message_id].attachments.append(
                 {"id": a.id, "filename": a.filename, "size": a.size})
-    other = Case.__table__.alias("other")
-    linked = [{"ref": r.ref, "subject": r.subject, "status_label":
-               status_label(app, r.category, r.status)}
-              for r in session.execute(union_all(
-                  select(other.c.ref, other.c.subject, other.c.category, other.c.status)
-                  .join(CaseLink, CaseLink.linked_case_id == other.c.id)
-                  .where(CaseLink.case_id == case.id),
-                  select(other.c.ref, other.c.subject, other.c.category, other.c.status)
-                  .join(CaseLink, CaseLink.case_id == other.c.id)
-                  .where(CaseLink.linked_case_id == case.id)))]
+    linked = _linked(session, app, viewer, case.id)
     events = list(session.scalars(select(Event).where(Event.case_id == case.id)
                                   .order_by(Event.id))) if viewer.staff else []
     suggestions = list(getattr(case, "suggestions", None) or []) if viewer.staff else []
     return CasePage(case, participants, messages, linked, events, suggestions,
                     is_final(app, case.category, case.status))
+
+
+def _linked(session: Session, app: App, viewer: Viewer, case_id: int) -> list[dict[str, Any]]:
+    """The cases linked to this one that the viewer may see. A stranger who typed a
+    case's tag opens a new case linked to it *for staff*: its ref, subject and status
+    are the other person's, so a customer sees only linked cases in their own scope."""
+    other = Case.__table__.alias("other")
+    visible: list[Any] = []
+    if not viewer.staff:
+        if viewer.only_case:  # a case link opens that case only
+            return []
+        mine = other.c.id.in_(select(Participant.case_id)
+                              .where(Participant.address == viewer.address))
+        visible = [or_(mine, other.c.requester_domain == viewer.company)
+                   if viewer.company else mine]
+    columns = (other.c.ref, other.c.subject, other.c.category, other.c.status)
+    rows = session.execute(union_all(
+        select(*columns).join(CaseLink, CaseLink.linked_case_id == other.c.id)
+        .where(CaseLink.case_id == case_id, *visible),
+        select(*columns).join(CaseLink, CaseLink.case_id == other.c.id)
+        .where(CaseLink.linked_case_id == case_id, *visible)))
+    return [{"ref": r.ref, "subject": r.subject,
+             "status_label": status_label(app, r.category, r.status)} for r in rows]
 
 
 def attachment(session: Session, app: App, viewer: Viewer, ref: str,

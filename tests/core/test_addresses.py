@@ -29,6 +29,8 @@ REFUSED = {
     "=?utf-8?q?a=0D=0ABcc:_x=40evil.example=0D=0A?=@evil.example": "encoded-word",
     "=?utf-8?b?YUBldmlsLmV4YW1wbGU=?=@x.example": "encoded-word",
     "a@b@evil.example": "@",
+    "eve%evil.example@staff.example.com": "route",  # Postfix: eve@evil.example
+    "evil.example!eve@staff.example.com": "route",
     '"victim@evil.example"@good.example': "Quoting",
     '"a b"@x.example': "Quoting",
     "a@[127.0.0.1]": "bracketed",

