@@ -33,6 +33,9 @@ class App:
     sessions: sessionmaker[Session]
     reads: sessionmaker[Session]  # for work that only reads: never takes the write lock
     clock: Clock = field(default_factory=SystemClock)
+    #: The key of reply tokens and our Message-IDs once known to be committed: it never
+    #: changes once made, so a process reads it once (``store.cases.remember_secret_key``).
+    secret_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> App:
@@ -43,6 +46,11 @@ class App:
     @classmethod
     def from_config(cls, path: Path | str, clock: Clock | None = None) -> App:
         return cls.from_settings(load_settings(path), clock)
+
+    @cached_property
+    def read_engine(self) -> Engine:
+        """Core connections that only read (``reads`` as connections): no write lock."""
+        return db.read_only(self.engine)
 
     @cached_property
     def renderer(self) -> TemplateRenderer:

@@ -5,7 +5,7 @@ from helpdesk.app import App
 from helpdesk.core.commands import Command
 from helpdesk.core.decide import Outcome, apply_commands
 from helpdesk.store import cases
-from helpdesk.store.apply import apply_decision
+from helpdesk.store.apply import apply_in_session
 
 
 class CommandRejected(Exception):
@@ -23,5 +23,5 @@ def set_status(app: App, ref: str, status: str, note: str = "") -> str:
         decision = apply_commands(view, (command,), policy, actor="cli")
         if decision.outcome is Outcome.REJECTED:
             raise CommandRejected("; ".join(decision.reasons))
-        apply_decision(session, app, decision, None, None, app.clock.now(), actor="cli")
+        apply_in_session(session, app, decision, None, app.clock.now(), actor="cli")
         return f"{case.ref}: {view.status} -> {case.status}"

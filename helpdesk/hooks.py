@@ -68,6 +68,7 @@ from helpdesk.core.decide import Audience, Mail
 from helpdesk.core.lifecycle import Event as LifecycleEvent
 from helpdesk.core.lifecycle import IllegalTransition, Lifecycle, Trigger
 from helpdesk.core.model import Direction, MailKind
+from helpdesk.outbound.facts import Facts
 from helpdesk.outbound.queue import Extras, queue_mail
 from helpdesk.store.apply import change_status
 from helpdesk.store.orm import Case, Event, HookRun, Message, Participant
@@ -513,7 +514,7 @@ def _apply_result(session: Session, app: App, case: Case, attempt: int, result: 
                  case.ref, result.reason or "success", case.status)
         return 0
     _event(session, case, now, str(trigger), detail)
-    change_status(session, app, case, step, now, by="activation hook")
+    change_status(Facts(session), app, case, step, now, by="activation hook")
     note = ""
     if not result.succeeded:
         note = str(result.reason)

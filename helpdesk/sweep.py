@@ -123,7 +123,7 @@ def _step(session: Session, app: App, case: Case, now: datetime, facts: Facts,
         return False
     transition = lifecycle.transition(lc, case.status, timers.event_for(step))
     started = case.clock_started_at
-    change_status(session, app, case, transition, now, by="timer")
+    change_status(facts, app, case, transition, now, by="timer")
     if step.kind == "reminder":
         case.reminders_sent = step.number
         case.due_at = timers.next_due_at(lc, case.status, case.clock_started_at,

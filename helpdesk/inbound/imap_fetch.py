@@ -5,16 +5,19 @@ The order is what makes it safe:
 1. UIDVALIDITY + the stored UID watermark decide what is new (never ``\\Seen``).
 2. ``RFC822.SIZE`` first; a message over the size cap is never downloaded: its
    header alone goes to ``notify_too_large`` and the message to the failed folder.
-3. ``BODY.PEEK[]`` in batches (count- and byte-bounded), each message through
-   ``ingest_raw``, which commits its own transaction.
+3. ``BODY.PEEK[]`` in batches (count- and byte-bounded), the messages of a batch
+   through ``ingest_many``, which parses them all, then decides and writes them in
+   few commits (group commit: each message in a savepoint of its own).
 4. Only then the message leaves the folder: MOVE to ``processed_folder`` (or
    COPY + ``\\Deleted`` + EXPUNGE), to ``failed_folder`` when quarantined, or, with
    no processed folder, ``\\Seen`` + ``$HelpdeskDone`` (just ``\\Seen`` where the
    server keeps no keywords; then a UIDVALIDITY change re-ingests, harmlessly).
 5. The watermark advances past what was acknowledged, in its own transaction.
 
-A crash between 3 and 4 re-ingests the message on the next pass; ``ingest_raw``
-recognises ``(source, source_key)`` and the message is then just acknowledged.
+A crash before a commit of 3 leaves its messages unstored and unacknowledged: the
+next pass ingests them (once). A crash between 3 and 4 re-ingests the message on the
+next pass; ``ingest_many`` recognises ``(source, source_key)`` and the message is then
+just acknowledged.
 """
 from __future__ import annotations
 
@@ -102,8 +105,8 @@ def fetch_once(app: App, mailbox: ImapMailbox, client: IMAPClient, *,
                still_ours: Callable[[], bool] | None = None) -> FetchResult:
     """One pass over ``mailbox.folder``; returns what happened.
 
-    *stop* is looked at between messages: the message in hand is finished and
-    acknowledged, the rest waits for the next pass. *still_ours* is asked before each
+    *stop* is looked at between groups of messages (``_by_budget``, at most a batch): the
+    group in hand is finished and acknowledged, the rest waits for the next pass. *still_ours* is asked before each
     batch is acknowledged on the server: when it says no, ``MailboxLost`` is raised and
     the batch is left to the process that holds the mailbox now (its messages are
     stored already; there they are recognised and just moved). Raises
@@ -160,17 +163,43 @@ def _process_batch(run: _Pass, batch: list[int], acks: _Acks) -> None:
         else:
             wanted.append((uid, size))
     for group in _by_budget(wanted):
+        if run.stop is not None and run.stop.is_set():
+            run.result.interrupted = True
+            return
         bodies = run.client.fetch([uid for uid, _ in group], ["BODY.PEEK[]"])
+        fetched: dict[int, bytes] = {}
         for uid, _size in group:
-            if run.stop is not None and run.stop.is_set():
-                run.result.interrupted = True
-                return
             raw = bodies.pop(uid, {}).get(b"BODY[]")
             if raw is None:
                 acks.skipped.append(uid)
                 run.result.vanished += 1
-                continue
+            else:
+                fetched[uid] = raw
+        del bodies
+        _ingest_group(run, fetched, acks)
+
+
+def _ingest_group(run: _Pass, fetched: dict[int, bytes], acks: _Acks) -> None:
+    """The fetched mails through ``ingest_many`` (group commit), each acknowledged by
+    its outcome; should it fail as a whole, one at a time."""
+    if not fetched:
+        return
+    source = f"imap:{run.mailbox.name}"
+    try:
+        outcomes = ingest.ingest_many(run.app, [ingest.Received(raw, source, run.key(uid))
+                                                for uid, raw in fetched.items()])
+    except (ingest.StorageUnavailable, SQLAlchemyError):
+        log.error("mailbox %s: database unavailable; %d message(s) left on the server",
+                  run.mailbox.name, len(fetched))
+        raise
+    except Exception:
+        log.exception("mailbox %s: ingesting %d message(s) together raised; one at a time",
+                      run.mailbox.name, len(fetched))
+        for uid, raw in fetched.items():
             _ingest_one(run, uid, raw, acks)
+        return
+    for uid, outcome in zip(fetched, outcomes):
+        _acknowledge_outcome(run, uid, outcome, acks)
 
 
 def _by_budget(wanted: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
@@ -201,9 +230,13 @@ def _ingest_one(run: _Pass, uid: int, raw: bytes, acks: _Acks) -> None:
         acks.failed.append(uid)
         run.result.errors += 1
         return
+    _acknowledge_outcome(run, uid, outcome, acks)
+
+
+def _acknowledge_outcome(run: _Pass, uid: int, outcome: ingest.Outcome, acks: _Acks) -> None:
     if outcome.quarantined:
-        log.warning("mailbox %s uid=%s: quarantined (%s); moving it to %s",
-                    name, run.key(uid), outcome.reason or outcome.status, failed_folder)
+        log.warning("mailbox %s uid=%s: quarantined (%s); moving it to %s", run.mailbox.name,
+                    run.key(uid), outcome.reason or outcome.status, run.mailbox.failed_folder)
         acks.failed.append(uid)
         run.result.quarantined += 1
     else:

@@ -19,10 +19,11 @@ from helpdesk.core.model import InboundMessage, MailKind
 from helpdesk.mail import compose
 from helpdesk.mail.templates import DEFAULT_DIR
 from helpdesk.outbound.facts import Facts
-from helpdesk.outbound.queue import _within_limits, secret_key
+from helpdesk.outbound.queue import _within_limits
 from helpdesk.outbound.render import notice_spec
 from helpdesk.policy import access_directory
 from helpdesk.store import tokens
+from helpdesk.store.cases import secret_key
 from helpdesk.store.listing import CaseQuery, CaseRow, list_cases
 from helpdesk.store.orm import AutoMail, Outbox, WebToken
 

@@ -18,21 +18,28 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
 from helpdesk.app import App
 from helpdesk.core.amplification import admit, mailbox, span
 from helpdesk.core.decide import Audience, Mail
+from helpdesk.core.matching import CaseView
 from helpdesk.core.model import Direction, InboundMessage, MailKind
 from helpdesk.core.refs import reply_address, staff_reply_address, staff_reply_token, tagged_subject
 from helpdesk.mail import compose
-from helpdesk.outbound.facts import Facts
+from helpdesk.outbound.facts import CaseFacts, ChunkFacts, Facts
 from helpdesk.outbound.render import notice_spec, render_spec
 from helpdesk.store import tokens
-from helpdesk.store.cases import reply_secret
+from helpdesk.store.cases import CaseRecord, secret_key
 from helpdesk.store.orm import AutoMail, Case, Event, Message, Outbox, WebToken
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    AnyFacts = Facts | ChunkFacts | CaseFacts
+    AnyCase = Case | CaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +59,8 @@ class Extras:
     """Template values that only some kinds of mail have."""
 
     message: InboundMessage | None = None
-    old_case: Case | None = None
-    existing_case: Case | None = None
+    old_case: AnyCase | CaseView | None = None
+    existing_case: AnyCase | None = None
     output: str = ""
     reminder: dict[str, Any] | None = None
     author: tuple[str, str] | None = None  # (address, name) of a relayed staff answer
@@ -84,8 +91,8 @@ class Copy:
     values: dict[str, Any]
 
 
-def copies(session: Session, app: App, case: Case, mail: Mail, recipients: list[str],
-           now: datetime, facts: Facts) -> list[Copy]:
+def copies(session: Session | Connection, app: App, case: AnyCase, mail: Mail,
+           recipients: list[str], now: datetime, facts: AnyFacts) -> list[Copy]:
     """The copies one mail goes out as. All of them share its Message-ID: one mail,
     personalised, as mailing lists do.
 
@@ -120,7 +127,7 @@ def copies(session: Session, app: App, case: Case, mail: Mail, recipients: list[
     return personal
 
 
-def _plain_portal(app: App, case: Case) -> dict[str, Any] | None:
+def _plain_portal(app: App, case: AnyCase) -> dict[str, Any] | None:
     """The portal's links for anyone: the case page and the overview (None without web)."""
     web = app.settings.web
     if web is None:
@@ -130,21 +137,15 @@ def _plain_portal(app: App, case: Case) -> dict[str, Any] | None:
             "cases_url": f"{base}/cases"}
 
 
-def secret_key(session: Session, app: App) -> bytes:
-    """The key of reply-address tokens and of our Message-IDs."""
-    secret = app.settings.helpdesk.secret
-    return reply_secret(session, secret.get_secret_value() if secret else None)
-
-
-def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime,
-               extras: Extras = Extras(), facts: Facts | None = None,
+def queue_mail(session: Session | Connection, app: App, case: AnyCase, mail: Mail, now: datetime,
+               extras: Extras = Extras(), facts: AnyFacts | None = None,
                budget: RecipientBudget | None = None) -> bool:
     """Queue one mail of ``case``; False when nobody is left to send it to.
 
     The rows are written without the body, which the sender renders when it first
     claims the row (``helpdesk.outbound.render``): no template runs while the deciding
-    transaction holds the write lock. ``facts``: a sweep's chunk (``ChunkFacts``), else
-    one query per question.
+    transaction holds the write lock. ``facts``: a sweep's chunk (``ChunkFacts``), the
+    case of an inbound mail (``CaseFacts``), else one query per question.
     With a ``budget`` (a mail from outside caused it), outside addresses past it get
     nothing, and an event says who.
     """
@@ -201,8 +202,8 @@ def queue_mail(session: Session, app: App, case: Case, mail: Mail, now: datetime
     return True
 
 
-def _recipients(app: App, case: Case, audience: Audience, message: InboundMessage | None,
-                facts: Facts) -> list[str]:
+def _recipients(app: App, case: AnyCase, audience: Audience, message: InboundMessage | None,
+                facts: AnyFacts) -> list[str]:
     if audience is Audience.SENDER:
         return [message.sender] if message and message.sender else []
     if audience is Audience.STAFF and case.assignee and app.policy.is_staff_for(
@@ -222,8 +223,9 @@ def limit_windows(app: App, now: datetime) -> list[datetime]:
                                            *limits.auto_mail_per_recipient)]
 
 
-def _within_limits(session: Session, app: App, case: Case | None, kind: MailKind,
-                   recipients: list[str], now: datetime, facts: Facts) -> list[str]:
+def _within_limits(session: Session | Connection, app: App, case: AnyCase | None,
+                   kind: MailKind, recipients: list[str], now: datetime,
+                   facts: AnyFacts) -> list[str]:
     limits = app.settings.limits
     for count, window in limits.auto_mail_per_case if case is not None else ():
         if facts.sent_for_case(case.id, now - window) >= count:
@@ -242,8 +244,8 @@ def _within_limits(session: Session, app: App, case: Case | None, kind: MailKind
     return allowed
 
 
-def _limited(case: Case | None, kind: MailKind, recipients: list[str], limit: str,
-             now: datetime, facts: Facts, event: str = "rate_limited") -> None:
+def _limited(case: AnyCase | None, kind: MailKind, recipients: list[str], limit: str,
+             now: datetime, facts: AnyFacts, event: str = "rate_limited") -> None:
     log.warning("%s: not sending %s of case=%s to %s (%s)", event, kind,
                 case.ref if case else "-", recipients, limit)
     if case is not None:

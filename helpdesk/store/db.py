@@ -25,11 +25,13 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -135,7 +137,25 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
 def make_read_sessions(engine: Engine) -> sessionmaker[Session]:
     """Sessions for work that only reads: on SQLite they never take the write lock,
     so ``cases list`` or ``status`` neither waits for the daemon nor holds it up."""
-    return sessionmaker(engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
+    return sessionmaker(read_only(engine), expire_on_commit=False)
+
+
+def read_only(engine: Engine) -> Engine:
+    """``engine`` for work that only reads (``make_read_sessions``), as Core connections."""
+    return engine.execution_options(**{_READ_ONLY: True})
+
+
+@contextmanager
+def orm_session(connection: Connection) -> Iterator[Session]:
+    """An ORM session inside ``connection``'s transaction, for the rare steps of the Core
+    hot path that work on ORM objects (a due closure, the answer to ``#cases``). It
+    neither commits nor rolls back that transaction; what it holds is flushed at the end."""
+    session = Session(bind=connection, join_transaction_mode="rollback_only")
+    try:
+        yield session
+        session.flush()
+    finally:
+        session.close()
 
 
 #: errno values of a full disk or quota: writing may work again later.

@@ -2,10 +2,11 @@
 
 A reply (and a staff note or assignment, which are replies made of `#commands`) is
 turned into an ``InboundMessage`` from the signed-in address and goes through
-``decide`` and ``apply_decision`` as if it had been mailed to the case's reply
-address by a sender whose identity was verified (``SenderTrust(True, "web")``). A
-status change (Close, or staff's status form) is ``apply_commands`` then
-``apply_decision``, exactly what ``cases set-status`` runs.
+``decide`` and ``apply_decision`` (in the request's session: ``apply_in_session``) as
+if it had been mailed to the case's reply address by a sender whose identity was
+verified (``SenderTrust(True, "web")``). A status change (Close, or staff's status
+form) is ``apply_commands`` then ``apply_decision``, exactly what ``cases set-status``
+runs.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from helpdesk.core.model import InboundMessage
 from helpdesk.core.refs import tagged_subject
 from helpdesk.core.trust import SenderTrust
 from helpdesk.store import cases
-from helpdesk.store.apply import apply_decision
+from helpdesk.store.apply import apply_in_session
 from helpdesk.store.orm import Case, Message
 from helpdesk.sweep import run_due_step
 
@@ -96,7 +97,7 @@ def reply(app: App, viewer: Viewer, ref: str, text: str, nonce: str) -> Done:
             log.info("WEB HELD by=%s case=%s: %s", viewer.address, case.ref, decision.reasons)
             raise Refused("You have opened too many new cases in a short time; "
                           "please try again later.")
-        touched = apply_decision(session, app, decision, msg, None, now)
+        touched = apply_in_session(session, app, decision, msg, now)
         log.info("WEB %s by=%s case=%s -> %s", str(decision.outcome).upper(), viewer.address,
                  case.ref, touched.ref if touched else "-")
         return Done(touched.ref if touched else case.ref, str(decision.outcome))
@@ -141,7 +142,7 @@ def _set(app: App, viewer: Viewer, ref: str, command: Command) -> Done:
         if decision.outcome is Outcome.REJECTED:
             raise Refused("; ".join(decision.reasons))
         now = app.clock.now()
-        apply_decision(session, app, decision, None, None, now, actor=viewer.address)
+        apply_in_session(session, app, decision, None, now, actor=viewer.address)
         log.info("WEB STATUS by=%s case=%s %s -> %s", viewer.address, case.ref, view.status,
                  case.status)
         return Done(case.ref, "status")

@@ -170,36 +170,36 @@ def test_uidvalidity_change_resets_the_watermark(dovecot, make_app, caplog):
 
 
 def test_storage_failure_leaves_the_message_and_stops_the_pass(dovecot, make_app, monkeypatch):
-    app = make_app(dovecot.mailbox_config())
+    app = make_app(dovecot.mailbox_config(batch_size=1))  # a group commit per message
     dovecot.append_many([mail(1), mail(2), mail(3)])
-    real = ingest.ingest_raw
+    real = ingest.ingest_many
 
-    def flaky(app_: App, raw: bytes, **kw: Any) -> ingest.Outcome:
-        if kw["source_key"].endswith(":2"):
+    def flaky(app_: App, mails: list[ingest.Received]) -> list[ingest.Outcome]:
+        if any(m.source_key.endswith(":2") for m in mails):
             raise ingest.StorageUnavailable("database is locked")
-        return real(app_, raw, **kw)
+        return real(app_, mails)
 
-    monkeypatch.setattr(ingest, "ingest_raw", flaky)
+    monkeypatch.setattr(ingest, "ingest_many", flaky)
     with pytest.raises(ingest.StorageUnavailable):
         fetch(app)
     assert dovecot.count("Processed") == 1 and dovecot.count("INBOX") == 2
     assert state(app).last_uid == 1
 
-    monkeypatch.setattr(ingest, "ingest_raw", real)
+    monkeypatch.setattr(ingest, "ingest_many", real)
     assert fetch(app).ingested == 2
     assert dovecot.count("INBOX") == 0 and len(inbound_rows(app)) == 3
 
 
-def test_stop_finishes_the_message_in_hand_and_leaves_the_rest(dovecot, make_app, monkeypatch):
-    app = make_app(dovecot.mailbox_config())
+def test_stop_finishes_the_group_in_hand_and_leaves_the_rest(dovecot, make_app, monkeypatch):
+    app = make_app(dovecot.mailbox_config(batch_size=1))  # a group commit per message
     dovecot.append_many([mail(1), mail(2), mail(3)])
-    stop, real = threading.Event(), ingest.ingest_raw
+    stop, real = threading.Event(), ingest.ingest_many
 
-    def then_stop(app_: App, raw: bytes, **kw: Any) -> ingest.Outcome:
+    def then_stop(app_: App, mails: list[ingest.Received]) -> list[ingest.Outcome]:
         stop.set()  # SIGTERM arrives while the first message is in hand
-        return real(app_, raw, **kw)
+        return real(app_, mails)
 
-    monkeypatch.setattr(ingest, "ingest_raw", then_stop)
+    monkeypatch.setattr(ingest, "ingest_many", then_stop)
     result = fetch(app, stop=stop)
 
     assert result.interrupted and result.ingested == 1
