@@ -40,7 +40,9 @@ STAGES: list[Rule] = [
     ("ingest: store message + attachments", _fn("store_message", "store/apply")),
     ("ingest: apply decision (rest)", _fn("apply_decision", "store/apply")),
     ("ingest: commit", _fn("__exit__", "orm/session")),
-    ("ingest: rest", _fn("_ingest_once", "inbound/ingest")),
+    ("ingest: commit", _fn("do_commit", "sqlalchemy/engine/default")),
+    ("ingest: rest", _fn("_ingest_pass", "inbound/ingest")),
+    ("waiting for the sending process to finish", _fn("_join", "outbound/sending")),
     ("deliver: claim + record (DB)", _path("outbound/sender")),
     ("deliver: SMTP send", _path("outbound/transport")),
     ("logging", _path("logging/")),
@@ -48,7 +50,7 @@ STAGES: list[Rule] = [
 OUTER_ONLY = {"IMAP: login, SEARCH, MOVE", "deliver: claim + record (DB)"}
 # Nothing below these changes the stage.
 TERMINAL = {"IMAP: FETCH bodies", "IMAP: login, SEARCH, MOVE", "ingest: commit",
-            "deliver: SMTP send", "logging"}
+            "deliver: SMTP send", "logging", "waiting for the sending process to finish"}
 
 # Innermost wins: the last of these met on the way down names the sample.
 KINDS: list[Rule] = [
@@ -59,6 +61,7 @@ KINDS: list[Rule] = [
     ("IMAP socket + response parsing", _path("imapclient/")),
     ("IMAP socket + response parsing", _path("imaplib")),
     ("mail-parser + email (parse)", _path("mailparser/")),
+    ("mail-parser + email (parse)", _path("/email/")),
     ("mail-parser + email (parse)", _fn("parse_message", "mail/parsing")),
     ("templates (Jinja2)", _path("jinja2/")),
     ("templates (Jinja2)", _path("mail/templates")),
@@ -66,6 +69,7 @@ KINDS: list[Rule] = [
     ("SMTP (smtplib)", _path("smtplib")),
     ("logging", _path("logging/")),
     ("attachment files", _fn("_write_blob", "store/apply")),
+    ("waiting for the sending process to finish", _fn("_join", "outbound/sending")),
 ]
 
 
