@@ -22,8 +22,11 @@ from tests.shell.test_lifecycle_e2e import html_of, kinds, last_mail, show, swee
 
 ANA = "Ana <ana@customer.example>"
 ANA_ADDR = "ana@customer.example"
+BO = "Bo <bo@partner.example>"
+BO_ADDR = "bo@partner.example"
 AGENT = "agent@example.com"
 KB_URL = "https://docs.example.com/kb"
+SOURCE = Path(__file__).resolve().parents[2]
 
 PRINTER = """---
 title: What to do when the printer smokes
@@ -38,6 +41,15 @@ PASSWORD = """# How to reset your password
 
 Use the *Forgot password* link on the sign-in page; the mail with the new link
 arrives within a few minutes.
+"""
+INVOICE = """---
+title: How to get a copy of an invoice
+categories: [billing]
+tags: [invoice, copy, pdf]
+summary: Reply with the invoice number and we send you the copy as a PDF.
+---
+
+Write to billing with the invoice number and the company it was made out to.
 """
 ACTIVATION = """---
 title: How a new connection is activated
@@ -130,6 +142,43 @@ def test_nothing_is_suggested_below_the_threshold(desk_factory, tmp_path):
     assert [s["slug"] for s in show(low, low_ref)["suggestions"]] == ["hardware/printer"]
 
 
+def test_a_billing_article_is_suggested_for_billing_requests_only(desk_factory, tmp_path):
+    desk = kb_desk(desk_factory, tmp_path)
+    (tmp_path / "kb" / "billing").mkdir()
+    (tmp_path / "kb" / "billing" / "invoice-copy.md").write_text(INVOICE)
+    question = ("A copy of our invoice", "Could you send me a copy of the invoice for October?\n")
+    care = open_case(desk, *question)
+    billing = open_case(desk, *question, to="billing@example.com")
+    assert care.startswith("CC-") and billing.startswith("BL-")
+
+    care_ack = " ".join(text_of(ack_of(desk, care)).split())
+    assert "How to get a copy of an invoice" not in care_ack
+    assert "may already answer" not in care_ack
+    assert show(desk, care)["suggestions"] == []
+    billing_ack = " ".join(text_of(ack_of(desk, billing)).split())
+    assert "How to get a copy of an invoice" in billing_ack
+    assert f"{KB_URL}/billing/invoice-copy" in billing_ack
+    assert "we send you the copy as a PDF" in billing_ack
+    assert [s["slug"] for s in show(desk, billing)["suggestions"]] == ["billing/invoice-copy"]
+
+
+def test_the_ack_of_a_request_fetched_from_imap_lists_the_matching_article(
+        dovecot, desk_factory, tmp_path):
+    desk = kb_desk(desk_factory, tmp_path, changes={"inbound": {"imap": dovecot.mailbox_config()}})
+    dovecot.append(make_mail(ANA, "support@example.com", "The printer is on fire",
+                             "Since this morning the printer smokes.\n"))
+    desk.cli("fetch", check=True)
+    assert dovecot.count("INBOX") == 0
+    [ack] = [m for m in desk.sent_to(ANA_ADDR) if m["Auto-Submitted"] == "auto-replied"]
+    assert ack["Subject"] == f"[{ack['X-Helpdesk-Case']}] The printer is on fire"
+    url = f"{KB_URL}/hardware/printer"
+    text = " ".join(text_of(ack).split())
+    assert "What to do when the printer smokes" in text and url in text
+    assert 'reply to this message with the single word "solved"' in text
+    html = html_of(ack)
+    assert f'<a href="{url}"' in html and "What to do when the printer smokes</a>" in html
+
+
 def test_connections_requests_get_no_suggestions(desk_factory, tmp_path):
     desk = kb_desk(desk_factory, tmp_path)
     ref = open_case(desk, "New connection activation", "Please activate the new connection; "
@@ -166,6 +215,45 @@ def test_solved_from_the_requester_resolves_and_tells_the_customer_and_staff(
     assert stats["self_solved_rate"] == 1.0
     assert {"slug": "hardware/printer", "suggested": 1, "self_solved": 1} in stats["articles"]
     assert {"slug": "password", "suggested": 0, "self_solved": 0} in stats["articles"]
+
+
+def test_solved_from_a_colleague_in_cc_resolves_and_tells_everyone_on_the_case(desk_factory,
+                                                                              tmp_path):
+    desk = kb_desk(desk_factory, tmp_path)
+    outcome = desk.ingest(make_mail(ANA, "support@example.com", "The printer is on fire",
+                                    "Since this morning the printer smokes.\n", cc=[BO]))
+    ref = outcome.ref
+    assert kinds(desk, ref, to=BO_ADDR) == ["ack"]  # Bo got the suggestions too
+    reply = write(desk, ref, BO, "solved\n\nUnplugging it did the trick.\n")
+    assert (reply.status, reply.ref) == ("reply", ref)
+    shown = show(desk, ref)
+    assert shown["status"] == "resolved"
+    [event] = [e for e in shown["events"] if e["type"] == "self_solved"]
+    assert event["detail"] == {"by": BO_ADDR, "articles": ["hardware/printer"]}
+    assert kinds(desk, ref) == ["ack", "self_solved"]
+    assert kinds(desk, ref, to=BO_ADDR) == ["ack", "self_solved"]
+    for address in (ANA_ADDR, BO_ADDR):
+        confirmation = " ".join(text_of(last_mail(desk, ref, address)).split())
+        assert f"Case {ref}" in confirmation and "is now resolved" in confirmation
+    assert f"Case {ref} was solved by the customer" in " ".join(
+        text_of(to_staff(desk, ref)[-1]).split())
+
+
+def test_a_self_solved_case_reopens_on_a_reply_within_7_days(desk_factory, tmp_path):
+    desk = kb_desk(desk_factory, tmp_path)
+    ref = open_case(desk)
+    write(desk, ref, ANA, "solved\n")
+    desk.clock.current = START + timedelta(days=6, hours=23)
+    outcome = write(desk, ref, ANA, "It smokes again, unplugging only helped for a while.\n")
+    assert (outcome.status, outcome.ref) == ("reply", ref)
+    assert kinds(desk, ref) == ["ack", "self_solved", "reopened"]
+    assert "reopened" in text_of(last_mail(desk, ref, ANA_ADDR))
+    notice = to_staff(desk, ref)[-1]
+    assert "It smokes again, unplugging only helped" in text_of(notice)
+    sweep(desk, START + timedelta(days=8))  # the 7 days no longer run: nothing closes it
+    shown = show(desk, ref)
+    assert shown["status"] == "in_progress" and shown["due_at"] is None
+    assert kinds(desk, ref) == ["ack", "self_solved", "reopened"]
 
 
 def test_solved_from_a_stranger_or_an_auto_reply_does_not_resolve(desk_factory, tmp_path):
@@ -328,6 +416,36 @@ def test_kb_search_shows_what_would_be_suggested_best_first(desk_factory, tmp_pa
     assert json.loads(none.stdout) == []
     unknown = desk.cli("kb", "search", "printer", "--category", "sales")
     assert unknown.returncode == 2 and "sales" in unknown.stderr
+
+
+def test_the_shipped_config_suggests_a_sample_article_and_nothing_for_what_none_covers(
+        tmp_path):
+    """config/helpdesk.yaml as shipped, byte for byte, next to the shipped sample articles
+    (links, so that its relative paths resolve and any database it opens is the copy's)."""
+    (tmp_path / "config").mkdir()
+    shipped = (SOURCE / "config" / "helpdesk.yaml").read_text()
+    (tmp_path / "config" / "helpdesk.yaml").write_text(shipped)
+    (tmp_path / "helpdesk").symlink_to(SOURCE / "helpdesk")
+    (tmp_path / "templates").symlink_to(SOURCE / "templates")
+
+    def search(text: str, *options: str) -> list[dict[str, Any]]:
+        result = subprocess.run([sys.executable, "-m", "helpdesk", "-c",
+                                 str(tmp_path / "config" / "helpdesk.yaml"), "kb", "search",
+                                 text, *options, "--json"],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    question = "What does it mean when my case is waiting for feedback?"
+    for options in ((), ("--category", "customer_care")):
+        found = search(question, *options)
+        assert [(r["slug"], r["title"]) for r in found] == [
+            ("case-statuses", "What the statuses of a case mean")]
+        assert found[0]["url"] == "http://127.0.0.1:8080/kb/case-statuses"
+        assert found[0]["score"] >= AUTO_MIN_SCORE
+    # an invoice, but not a copy of one: the billing sample must not be offered for it
+    assert search("My invoice amount is wrong") == []
+    assert search("My invoice amount is wrong", "--category", "billing") == []
 
 
 def test_kb_commands_need_a_knowledge_base(desk_factory):
