@@ -2,7 +2,8 @@
 
 The list is one page of the store's listing (``store.listing``: the page and its
 total). A case is its row, its participants, its messages, their attachments, its
-linked cases and (staff) its events: six statements however long its history.
+linked cases and (staff) its events and suggestions: seven statements however long
+its history.
 A case outside the viewer's scope is ``None``, exactly like a case that does not exist.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from helpdesk.core import lifecycle
 from helpdesk.core.access import Scope, Viewer, customer_sees_message, effective_scope, may_see
 from helpdesk.core.lifecycle import Lifecycle
 from helpdesk.store.listing import ORDERS, SORTS, CaseQuery, CaseRow, list_cases
-from helpdesk.store.orm import Attachment, Case, CaseLink, Event, Message, Participant
+from helpdesk.store.orm import Attachment, Case, CaseLink, Event, Message, Participant, Suggestion
 
 
 def status_label(app: App, category: str, status: str) -> str:
@@ -170,7 +171,10 @@ def case_page(session: Session, app: App, viewer: Viewer, ref: str) -> CasePage 
     linked = _linked(session, app, viewer, case.id)
     events = list(session.scalars(select(Event).where(Event.case_id == case.id)
                                   .order_by(Event.id))) if viewer.staff else []
-    suggestions = list(getattr(case, "suggestions", None) or []) if viewer.staff else []
+    # The articles the acknowledgement suggested are rows of their own (a Case has no
+    # `suggestions` attribute: reading one there showed staff none, ever). Staff only.
+    suggestions = list(session.scalars(select(Suggestion).where(Suggestion.case_id == case.id)
+                                       .order_by(Suggestion.rank))) if viewer.staff else []
     return CasePage(case, participants, messages, linked, events, suggestions,
                     is_final(app, case.category, case.status))
 

@@ -1,10 +1,15 @@
 """The portal in a real headless Chromium, as a person uses it: the real uvicorn
-server and outbox sender in this process, mail through the recording MTA (the
-sign-in link is read from what the MTA received), pages checked by what is
-visible on them. Saves the README's screenshots to tests/screenshots/."""
+server and outbox sender in this process (and once the whole daemon, `helpdesk run`),
+mail through the recording MTA (the sign-in link is read from what the MTA received),
+pages checked by what is visible on them. Saves the README's screenshots to tests/screenshots/."""
 from __future__ import annotations
 
 import os
+import re
+import signal
+import smtplib
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,9 +19,10 @@ import pytest
 
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.web.server import WebServer
-from tests.servers.helpdesk import Desk
+from tests.servers.helpdesk import Desk, make_mail
 from tests.servers.smtp import free_port, wait_for
 from tests.web.conftest import (
+    CASE_LINK,
     LOGIN_LINK,
     body_text,
     mails_to,
@@ -306,3 +312,64 @@ def test_staff_see_the_whole_case_and_their_reply_reaches_the_participants(brows
     browser.execute_script("window.scrollTo(0, 0)")
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "staff-case.png"))
+
+
+def test_the_running_daemon_mails_a_case_link_that_opens_the_case_and_takes_a_reply(
+        browser, desk_factory, tmp_path):
+    """`helpdesk run` as deployed: mail in over its SMTP listener, the portal on its port,
+    mail out to the recording MTA by its own sending process, stopped by SIGTERM."""
+    from selenium.webdriver.common.by import By
+    port, listener = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    desk = desk_factory(**web_config(base, port),
+                        inbound={"smtp_listener": {"host": "127.0.0.1", "port": listener}})
+    log = tmp_path / "daemon.log"
+    with log.open("ab") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "helpdesk", "-c", str(desk.config_path),
+                                   "run"], stdout=out, stderr=subprocess.STDOUT)
+
+    def mail_the_desk() -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", listener, timeout=5) as smtp:
+                smtp.sendmail(ANA, ["support@example.com"], make_mail(
+                    f"Ana <{ANA}>", "support@example.com", "The booking engine times out",
+                    "Every search since 8:00 times out.\n"))
+            return True
+        except OSError:  # the daemon is still starting
+            return False
+
+    try:
+        wait_for(mail_the_desk, timeout=20, interval=0.2)
+        ack = wait_for(lambda: next((m for m in desk.sent_to(ANA)
+                                     if "Thank you" in body_text(m)), None), timeout=10)
+        ref, text = ack["X-Helpdesk-Case"], body_text(ack)
+        status = re.search(r"(?m)^Status: +(.+)$", text)[1].strip()
+        link = CASE_LINK.search(text)[1]
+        assert link.startswith(f"{base}/cases/{ref}?t=")
+
+        browser.get(link)  # a GET only shows the button
+        assert f"Sign in as {ANA} to see case {ref}." in visible(browser)
+        assert "Every search since 8:00" not in visible(browser)
+        click(browser, f"Sign in and open {ref}")
+        assert browser.current_url == f"{base}/cases/{ref}", visible(browser)
+        page = visible(browser)
+        assert f"{ref} The booking engine times out" in page
+        assert "Every search since 8:00 times out." in page
+        assert browser.find_element(By.CSS_SELECTOR, ".facts .status").text == status == "Open"
+
+        fill(browser, "Your reply", "It also fails for the hotel search.")
+        click(browser, "Send")
+        page = visible(browser)
+        assert "Your message was added to the case." in page
+        assert "It also fails for the hotel search." in page
+        wait_for(lambda: any("It also fails for the hotel search." in body_text(m)
+                             for m in desk.sent_to("agent@example.com")), timeout=10)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            code = daemon.wait(timeout=20)
+        finally:
+            if daemon.poll() is None:  # it did not stop: do not leave it running
+                daemon.kill()
+                daemon.wait()
+    assert code == 0, log.read_text()

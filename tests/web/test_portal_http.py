@@ -4,13 +4,22 @@ recording MTA)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html import unescape
+
 from sqlalchemy import func, select
+from starlette.testclient import TestClient
 
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.store.orm import Message, WebSession, WebToken
-from tests.servers.helpdesk import make_mail
+from helpdesk.web.app import make_app
+from tests.servers.helpdesk import Desk, make_mail
+from tests.shell.test_knowledge_base import KB_URL, kb_folder
 from tests.web.conftest import (
+    BASE,
     CASE_LINK,
+    NONCE,
     body_text,
     csrf_of,
     last_login_link,
@@ -21,6 +30,7 @@ from tests.web.conftest import (
     request_link,
     sign_in,
     staff_mail,
+    web_config,
 )
 
 ANA = "ana@customer.example"
@@ -125,6 +135,43 @@ def test_every_post_needs_the_csrf_token(portal, client_factory):
     assert client.get("/cases").status_code == 200  # still signed in
 
 
+def test_staff_forms_and_link_sign_ins_without_the_right_token_change_nothing(
+        portal, client_factory):
+    ref = open_case(portal, ANA, "Printer on fire")
+    staff = client_factory()
+    sign_in(staff, portal, "agent@example.com")
+    nonce = NONCE.search(staff.get(f"/cases/{ref}").text)[1]
+    someone_elses = csrf_of(client_factory().get("/login").text)  # valid, for another visitor
+    for path, data in ((f"/cases/{ref}/status", {"status": "resolved", "note": "Fixed."}),
+                       (f"/cases/{ref}/note", {"text": "Call them Monday.", "nonce": nonce + "n"}),
+                       (f"/cases/{ref}/assign", {"assignee": "agent@example.com",
+                                                 "nonce": nonce + "a"})):
+        for token in ({}, {"csrf": "0" * 64}, {"csrf": someone_elses}):
+            refused = staff.post(path, data={**data, **token})
+            assert refused.status_code == 403 and "Form expired" in refused.text, (path, token)
+    case = portal.case(ref)
+    assert case["status"] == "open" and case["assignee"] is None
+    assert [e for e in case["events"] if e["type"] == "note"] == []
+    assert "Call them Monday." not in staff.get(f"/cases/{ref}").text
+
+    customer = client_factory()  # the case link of the acknowledgement, and a sign-in link
+    link = path_of(CASE_LINK.search(body_text(portal.sent_to(ANA)[0]))[1])
+    token = link.split("?t=")[1]
+    customer.get(link)
+    request_link(customer, ANA)
+    login = path_of(last_login_link(portal, ANA))
+    for path, data in ((f"/cases/{ref}", {"t": token}), (login, {})):
+        for wrong in ({}, {"csrf": "0" * 64}, {"csrf": someone_elses}):
+            refused = customer.post(path, data={**data, **wrong})
+            assert refused.status_code == 403 and "Form expired" in refused.text, (path, wrong)
+            assert "hd_session" not in refused.headers.get("set-cookie", "")
+    assert customer.get("/cases").status_code == 303  # signed in by none of them
+    page = customer.get(login)
+    assert "<button" in page.text  # the refused posts did not use the link up
+    signed = customer.post(login, data={"csrf": csrf_of(page.text)})
+    assert signed.status_code == 303 and ref in customer.get("/cases").text
+
+
 def test_logout_ends_the_session(portal, client_factory):
     open_case(portal, ANA, "Printer on fire")
     client = client_factory()
@@ -193,6 +240,66 @@ def test_staff_see_every_case_with_internal_notes_events_and_machine_mail(portal
     for hidden in ("the customer is a VIP", "I am away.", "needs your attention", "Events",
                    "Change status"):
         assert hidden not in seen, hidden
+
+
+@contextmanager
+def client_of(desk: Desk) -> Iterator[TestClient]:
+    """A browser-like client for a desk of the test's own (``client_factory`` is the
+    ``portal``'s)."""
+    with TestClient(make_app(desk.app), base_url=BASE, follow_redirects=False) as client:
+        yield client
+
+
+def test_staff_see_the_suggested_articles_and_unverified_staff_mail_and_customers_neither(
+        desk_factory, tmp_path):
+    desk = desk_factory(name="kb", **web_config(),
+                        knowledge_base={"path": str(kb_folder(tmp_path)), "base_url": KB_URL})
+    ref = desk.ingest(make_mail(ANA, "support@example.com", "The printer is on fire",
+                                "Since this morning the printer smokes.\n")).ref
+    assert "What to do when the printer smokes" in body_text(desk.sent_to(ANA)[0])  # the ack
+    forged = desk.ingest(make_mail("agent@example.com", "support@example.com",
+                                   f"Re: [{ref}] x", "#close\nPlease pay the repair to IBAN "
+                                   "XX00 1234.\n"))  # in a staff name, no authentication
+    assert forged.ref == ref and desk.case(ref)["status"] == "open"
+    with client_of(desk) as staff:
+        sign_in(staff, desk, "agent@example.com")
+        page = staff.get(f"/cases/{ref}").text
+    assert "Suggested articles" in page
+    assert (f'<a href="{KB_URL}/hardware/printer" rel="noreferrer">'
+            "What to do when the printer smokes</a>") in page
+    assert "Please pay the repair to IBAN XX00 1234." in page
+    assert "internal: unverified" in page
+    with client_of(desk) as customer:
+        sign_in(customer, desk, ANA)
+        seen = customer.get(f"/cases/{ref}").text
+    assert "Since this morning the printer smokes." in seen  # their own request
+    for hidden in ("Suggested articles", "IBAN", "unverified"):
+        assert hidden not in seen, hidden
+
+
+def text_of_page(html: str) -> str:
+    """What a browser shows of a page, roughly: its text without tags, on one line."""
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def test_dates_on_the_list_and_the_case_page_read_as_the_mails_show_them(
+        portal, client_factory):
+    ref = open_case(portal, ANA, "Printer on fire")  # at 09:00 UTC
+    opened = re.search(r"(?m)^Opened: +(.+)$", body_text(portal.sent_to(ANA)[0]))[1].strip()
+    assert opened == "2026-11-02 09:00 UTC"
+    portal.clock.advance(hours=5, minutes=17)
+    staff_mail(portal, ref, "#waiting\nWhich model is it?\n")
+    updated = "2026-11-02 14:17 UTC"
+    client = client_factory()
+    sign_in(client, portal, ANA)
+    listing = text_of_page(client.get("/cases").text)
+    assert f"{ref} Printer on fire Customer Care Partner's feedback required {ANA} " \
+           f"{opened} {updated} View" in listing
+    page = text_of_page(client.get(f"/cases/{ref}").text)
+    assert f"Created {opened} Updated {updated}" in page
+    assert f"{ANA} {opened}" in page  # the customer's mail, dated as it was sent
+    for html in (listing, page):
+        assert not re.search(r"\d{4}-\d\d-\d\dT\d|[+-]00:00|\d:\d\d:\d\d", html)
 
 
 # ----------------------------------------------------------------------------- actions
