@@ -90,13 +90,22 @@ def _wait_for_log(log: Path, needle: str, proc: subprocess.Popen[bytes], timeout
     raise RuntimeError(f"helpdesk run did not log {needle!r} within {timeout}s")
 
 
+# The shipped sample articles, with every article scoring at all suggested (up to the
+# configured number): the acknowledgement's worst case, a search and a list in every ack.
+SAMPLE_KB = {"path": str(ROOT / "helpdesk" / "samples" / "kb"),
+             "base_url": "http://127.0.0.1:8080/kb", "min_score": 0.0}
+
+
 def measure(server: DovecotServer, handler: TimingMTA, smtp_port: int,
-            messages: list[tuple[bytes, str, str]], folder: Path, seed: int = 7) -> LatencyRun:
-    """*messages*: (raw, Message-ID without brackets, sender address), new requests."""
+            messages: list[tuple[bytes, str, str]], folder: Path, seed: int = 7,
+            knowledge_base: bool = False) -> LatencyRun:
+    """*messages*: (raw, Message-ID without brackets, sender address), new requests;
+    *knowledge_base*: the desk suggests the sample articles (``SAMPLE_KB``)."""
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     account = server.new_account()
-    config = make_desk(folder, smtp_port, account, timers={"sweep_interval": "1h"})
+    extra = {"knowledge_base": SAMPLE_KB} if knowledge_base else {}
+    config = make_desk(folder, smtp_port, account, timers={"sweep_interval": "1h"}, **extra)
     log = folder / "run.log"
     rng = random.Random(seed)
     samples: list[float] = []
