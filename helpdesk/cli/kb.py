@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
@@ -9,7 +10,9 @@ import click
 from helpdesk.cli import cli, config_error, open_app, print_json
 
 if TYPE_CHECKING:
-    from helpdesk.app import App
+    from helpdesk.config import Settings
+    from helpdesk.core.decide import Policy
+    from helpdesk.kb.library import KnowledgeBase
 
 
 @cli.group("kb")
@@ -17,19 +20,29 @@ def kb_group() -> None:
     """Check, search and measure the knowledge base (knowledge_base.path)."""
 
 
-def _settings_app(ctx: click.Context) -> App:
-    """An App for commands that read only the config and the articles, not the database."""
-    from helpdesk.app import App
+@dataclass(frozen=True)
+class _Articles:
+    """What ``kb check`` and ``kb search`` read: the config and the articles. No App, so
+    no database is opened (or created, on a machine where the daemon never ran)."""
+
+    settings: Settings
+    knowledge_base: KnowledgeBase
+    policy: Policy
+
+
+def _articles(ctx: click.Context) -> _Articles:
     from helpdesk.config import ConfigError, load_settings
+    from helpdesk.kb.library import KnowledgeBase
+    from helpdesk.policy import core_policy
     try:
         settings = load_settings(ctx.obj["config"])
     except ConfigError as exc:
         config_error(str(exc))
-    if settings.knowledge_base.path is None:
+    kb = settings.knowledge_base
+    if kb.path is None:
         config_error("knowledge_base.path: not set (the folder of Markdown articles)")
-    app = App.from_settings(settings)
-    ctx.call_on_close(app.close)
-    return app
+    return _Articles(settings, KnowledgeBase(settings.resolve(kb.path), kb.base_url),
+                     core_policy(settings))
 
 
 @kb_group.command("check")
@@ -38,7 +51,7 @@ def kb_check(ctx: click.Context) -> None:
     """Check that every article parses, its links lead somewhere, and nothing is
     duplicated; exit 2 listing the problems."""
     from helpdesk.kb.check import check
-    app = _settings_app(ctx)
+    app = _articles(ctx)
     kb = app.knowledge_base
     assert kb.folder is not None
     if not kb.folder.is_dir():
@@ -60,11 +73,11 @@ def kb_check(ctx: click.Context) -> None:
 def kb_search(ctx: click.Context, text: str, category: str | None, as_json: bool) -> None:
     """What a new case whose subject and description are TEXT would be suggested, best first."""
     from helpdesk.core.selfservice import choose
-    app = _settings_app(ctx)
+    app = _articles(ctx)
     if category is not None and category not in app.settings.categories:
         config_error(f"--category: no category {category!r} "
                      f"(known: {', '.join(app.settings.categories)})")
-    has_resolved = category is None or "resolved" in _statuses(app, category)
+    has_resolved = category is None or "resolved" in _statuses(app.settings, category)
     found = choose(tuple(app.knowledge_base.search(text, category)), app.policy.self_service,
                    has_resolved)
     if as_json:
@@ -78,10 +91,10 @@ def kb_search(ctx: click.Context, text: str, category: str | None, as_json: bool
                    "(knowledge_base.min_score): nothing would be suggested", err=True)
 
 
-def _statuses(app: App, category: str) -> tuple[str, ...]:
+def _statuses(settings: Settings, category: str) -> tuple[str, ...]:
     from helpdesk.core import lifecycle
     from helpdesk.core.lifecycle import Lifecycle
-    return lifecycle.statuses(Lifecycle(app.settings.categories[category].lifecycle))
+    return lifecycle.statuses(Lifecycle(settings.categories[category].lifecycle))
 
 
 @kb_group.command("stats")
