@@ -1,4 +1,4 @@
-"""The ``helpdesk`` command line (the contract in SPEC.md: names, flags, exit codes).
+"""The ``helpdesk`` command line (README, Command line: names, flags, exit codes).
 
 Exit codes: 0 success, 1 runtime failure (an unknown case, an unhealthy mailbox),
 2 usage or config error, 75 (EX_TEMPFAIL) when ``ingest`` could not store a mail yet.

@@ -124,7 +124,8 @@ def _parse_now(text: str) -> datetime:
 @cli.command()
 @click.pass_context
 def run(ctx: click.Context) -> None:
-    """The daemon: inbound (IMAP and/or SMTP listener), outbox sender, scheduler.
+    """The daemon: inbound (IMAP, SMTP and LMTP listeners), the sending process, the
+    scheduler, the web portal.
     Stops cleanly on SIGTERM/SIGINT; a second signal exits at once."""
     from helpdesk.daemon import run_daemon
     app = open_app(ctx, strict_secrets=True)

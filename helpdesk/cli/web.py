@@ -15,7 +15,7 @@ def web(ctx: click.Context) -> None:
     `run` serves it too when `web` is configured; this runs it alone, e.g. on
     another host. Stops cleanly on SIGTERM/SIGINT."""
     from helpdesk.daemon import run_web_only
-    app = open_app(ctx)
+    app = open_app(ctx, strict_secrets=True)  # a long-running server, as `run`
     if app.settings.web is None:
         config_error("web: not configured (add a `web:` section to serve the portal)")
     sys.exit(run_web_only(app))
