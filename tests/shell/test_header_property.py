@@ -1,6 +1,15 @@
 """Issue 10: hostile values in every header we read, through the real pipeline (ingest into
 a desk, deliver to the recording MTA), never break the mail we send (SPEC, Round 2: Trust).
 
+Each example is one stranger, c<n>@d<n>.example, writing to support@example.com with
+hostile values in some of the headers we read, and perhaps an attachment with a hostile
+name. What they should get is known before the mail goes in:
+- a person's mail opens a case: the stranger gets one acknowledgement and the staff one
+  notice, both of that case, and nobody gets anything of another case;
+- a mail that says a machine wrote it (any one of ``AUTOMATIC``) is answered by nobody.
+A hostile value may end the header block early (CR LF CR LF in any spelling), so the
+headers that decide which of the two it is come first, and the hostile ones after them.
+
 For every mail that reaches the MTA: each of our headers parses back to exactly one
 header of its name and no other name appears; every address in From, To and Reply-To is
 a checked address; To names exactly the envelope's recipients, who are all on the case
@@ -15,10 +24,12 @@ import email.errors
 import email.policy
 import itertools
 import re
+from email.message import EmailMessage
 from email.parser import Parser
 from email.quoprimime import header_encode
+from urllib.parse import quote
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
@@ -28,10 +39,25 @@ from helpdesk.outbound.deliver import deliver_all
 from helpdesk.store.orm import Inbound, Participant
 from tests.shell.test_addresses_and_headers import OUR_HEADERS
 
-READ = ["From", "To", "Cc", "Reply-To", "Sender", "Return-Path", "Subject", "Message-ID",
-        "In-Reply-To", "References", "Delivered-To", "X-Original-To", "Auto-Submitted",
-        "Authentication-Results", "Precedence", "List-Id", "Date", "X-Loop"]
 STAFF = {"agent@example.com"}
+
+# Read on every mail (helpdesk/mail/parsing.py, mail/bounce.py, core/trust.py), any value
+# at all; the ones that can also say "a machine wrote this" begin with a word that does
+# not (``HARMLESS``), then anything.
+READ = ["To", "Cc", "Reply-To", "Sender", "Return-Path", "Subject", "Message-ID",
+        "In-Reply-To", "References", "Delivered-To", "X-Original-To", "Date", "Received",
+        "Authentication-Results", "X-Original-Message-ID", "Auto-Submitted", "Precedence",
+        "X-Precedence", "X-Auto-Response-Suppress"]
+HARMLESS = {"Return-Path": "<bounces@sender.example> ", "Auto-Submitted": "no; ",
+            "Precedence": "first-class ", "X-Precedence": "normal ",
+            "X-Auto-Response-Suppress": "DR, RN "}
+# Any one of these says a machine wrote the mail (RFC 3834, RFC 2369 and 2919, ezmlm,
+# vacation programs, Exim's bounces, Microsoft's suppression), whatever follows the word
+# that says so (core/classify.py). Return-Path says it only as the null sender.
+AUTOMATIC = {"Auto-Submitted": "auto-replied; ", "Precedence": "bulk; ", "X-Precedence": "junk; ",
+             "X-Auto-Response-Suppress": "All, ", "X-Autoreply": "", "X-Autorespond": "",
+             "List-Id": "", "List-Unsubscribe": "", "Mailing-List": "", "X-Loop": "",
+             "X-Failed-Recipients": "", "Return-Path": "<>"}
 
 BREAKS = ["\r\n", "\n", "\r", "\r\n ", "\n\n", "\r\n\r\n", "\x00", "\u2028", "\u0085",
           "\u202e", "\u2066", "\u200b", "\ufeff"]
@@ -42,7 +68,7 @@ FRAGMENTS = ["=?utf-8?q?", "?=", "=?", "<", ">", '"', "(", ")", "\\", ",", ";", 
              "支付失败", "[CC-000001]", "<x@evil.example>", '"q@evil.example"@evil.example',
              "team: g1@evil.example, g2@evil.example;", "c1@evil.example (c2@evil.example)",
              "a@b@evil.example", "alice@evil.example)<bob@evil.example>", "r\u202eo@evil.example",
-             "root@localhost", "lit@[127.0.0.1]"]
+             "root@localhost", "lit@[127.0.0.1]", "invoice\u202efdp.exe", "../../etc/passwd"]
 
 
 @st.composite
@@ -51,7 +77,8 @@ def encoded_word(draw: st.DrawFn) -> str:
                             max_size=4).map("".join)).encode("utf-8", "surrogatepass")
     charset = draw(st.sampled_from(["utf-8", "UTF-8", "iso-8859-1", "x-unknown", "utf-8*en"]))
     if draw(st.booleans()):
-        return f"=?{charset}?q?{header_encode(payload).removeprefix('=?utf-8?q?').removesuffix('?=')}?="
+        words = header_encode(payload).removeprefix("=?utf-8?q?").removesuffix("?=")
+        return f"=?{charset}?q?{words}?="
     return f"=?{charset}?b?{base64.b64encode(payload).decode()}?="
 
 
@@ -61,38 +88,64 @@ HUGE = st.sampled_from(["x" * 100_000, "=?utf-8?q?x" * 10_000, "a@b.example, " *
                         "(" * 50_000, "=?utf-8?q?=C3=BC?= " * 5_000, "ü" * 60_000])
 VALUE = st.one_of(st.lists(PIECE, min_size=1, max_size=8).map("".join),
                   st.tuples(HUGE, PIECE).map("".join))
+# The From: the stranger's address after a display name that is an encoded-word of
+# anything (the address must be found), first in a list that goes on with anything (it
+# must be answered), or after raw hostile text (which may name other addresses first, or
+# swallow the stranger's: whoever it names first is answered, if anybody).
+FROM = st.tuples(st.sampled_from(["word", "list", "raw"]), VALUE, encoded_word()).map(
+    lambda t: (t[0], t[2] if t[0] == "word" else t[1]))
+# An attachment whose name is hostile, in each place a mail client writes one.
+ATTACHMENT_NAME = st.sampled_from(['Content-Type: application/pdf; name="{}"',
+                                   'Content-Disposition: attachment; filename="{}"',
+                                   "Content-Disposition: attachment; filename={}",
+                                   "Content-Disposition: attachment; filename*=utf-8''{}"])
+ATTACHMENT = st.tuples(ATTACHMENT_NAME, VALUE)
 
+
+# Now and then the mark of a machine, and a hostile value after it.
+MARKED = st.one_of(st.none(), st.none(), st.tuples(st.sampled_from(sorted(AUTOMATIC)), VALUE))
 
 counter = itertools.count(1)
 
 
-def mail(values: dict[str, str], n: int) -> bytes:
-    sender = f"c{n}@d{n}.example"
-    lines = []
-    for name in READ:
-        value = values.get(name)
-        if value is None and name == "From":
-            value = f"Customer {n} <{sender}>"
-        elif value is not None and name == "From" and n % 2:
-            value = f"{value} <{sender}>"  # half the time a usable address after the junk
-        elif value is None and name == "To":
-            value = "support@example.com"
-        elif value is None and name == "Message-ID":
-            value = f"<p{n}@d{n}.example>"
-        if value is not None:
-            lines.append(f"{name}: {value}".encode("utf-8", "surrogatepass"))
-    lines += [b"MIME-Version: 1.0", b"Content-Type: text/plain; charset=utf-8"]
-    return b"\r\n".join(lines) + b"\r\n\r\nThe printer is on fire.\r\n"
+def mail(n: int, sender: str, values: dict[str, str], automatic: tuple[str, str] | None,
+         from_: tuple[str, str] | None, attachment: tuple[str, str] | None) -> bytes:
+    """The headers that decide what the mail is come first: the machine's mark, which no
+    value after it can undo, then From (a hostile From may end the header block: the
+    stranger is still the one who wrote)."""
+    head = []
+    if automatic is not None:
+        name, value = automatic
+        head.append(f"{name}: {AUTOMATIC[name]}{value if name != 'Return-Path' else ''}")
+    form, junk = from_ or ("", "")
+    head.append({"": f"From: Customer {n} <{sender}>", "word": f"From: {junk} <{sender}>",
+                 "list": f"From: {sender}, {junk}", "raw": f"From: {junk} <{sender}>"}[form])
+    head += ["To: support@example.com"] * ("To" not in values)
+    head += [f"Message-ID: <p{n}@d{n}.example>"] * ("Message-ID" not in values)
+    head += ["MIME-Version: 1.0", f'Content-Type: multipart/mixed; boundary="b{n}"']
+    head += [f"{name}: {HARMLESS.get(name, '')}{value}" for name, value in values.items()]
+    parts = [f"--b{n}", "Content-Type: text/plain; charset=utf-8", "",
+             "The printer is on fire.", f"--b{n}"]
+    if attachment is not None:
+        where, name = attachment
+        name = quote(name) if "*=" in where else name
+        if where.startswith("Content-Type"):
+            parts += [where.format(name), "Content-Disposition: attachment"]
+        else:
+            parts += ["Content-Type: application/pdf", where.format(name)]
+        parts += ["Content-Transfer-Encoding: base64", "", "JVBERi0xLjQK", f"--b{n}"]
+    parts[-1] += "--"
+    return "\r\n".join([*head, "", *parts, ""]).encode("utf-8", "surrogatepass")
 
 
-def assert_ours(delivery, participants: set[str]) -> None:
+def assert_ours(delivery, participants: set[str]) -> EmailMessage:
     head, blank, _ = delivery.content.partition(b"\r\n\r\n")
     assert blank
     for line in head.split(b"\r\n"):
         assert re.fullmatch(rb"[A-Za-z-]+:( [^\r\n\x00]*)?|[ \t][^\r\n\x00]*", line), line
     msg = Parser(policy=email.policy.default).parsestr(
         delivery.content.decode("utf-8", "surrogateescape"))
-    names = [name.lower() for name in msg.keys()]
+    names = [name.lower() for name in msg]
     assert len(names) == len(set(names)) and set(names) <= OUR_HEADERS, names
     assert {"from", "to", "subject", "message-id", "date"} <= set(names)
     for name in ("from", "to", "reply-to"):
@@ -111,17 +164,22 @@ def assert_ours(delivery, participants: set[str]) -> None:
     assert re.fullmatch(r"[A-Z]{2}-\d{6}", ref) and ref in str(msg["subject"])
     assert msg.get_content_type() == "multipart/alternative"
     assert ref in msg.get_body(("plain",)).get_content()
+    return msg
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
-@given(values=st.dictionaries(st.sampled_from(READ), VALUE, min_size=1, max_size=6),
+@given(values=st.dictionaries(st.sampled_from(READ), VALUE, max_size=6),
+       automatic=MARKED,
+       from_=st.none() | FROM, attachment=st.none() | ATTACHMENT,
        envelope=st.lists(st.one_of(st.just("support@example.com"), VALUE.map(lambda v: v[:300])),
                          max_size=2))
-def test_hostile_header_values_never_break_the_mail_we_send(desk, values, envelope):
+def test_hostile_header_values_never_break_the_mail_we_send(desk, values, automatic, from_,
+                                                            attachment, envelope):
     n = next(counter)
-    raw = mail(values, n)
+    sender = f"c{n}@d{n}.example"
+    raw = mail(n, sender, values, automatic, from_, attachment)
     before = len(desk.mta.handler.envelopes)
     outcome = ingest_raw(desk.app, raw, source="smtp", source_key=f"prop-{n}",
                          envelope_recipients=tuple(envelope))
@@ -133,5 +191,31 @@ def test_hostile_header_values_never_break_the_mail_we_send(desk, values, envelo
     assert outcome.status != "quarantined", outcome.reason
     for address in participants:
         check_address(address)
-    for delivery in desk.mta.handler.envelopes[before:]:
-        assert_ours(delivery, participants)
+    sent = desk.mta.handler.envelopes[before:]
+    mails = [assert_ours(delivery, participants) for delivery in sent]
+
+    # What the stranger and the staff see. A Message-ID of theirs that an earlier
+    # example used already is the same mail again (nothing new to answer).
+    again = "Message-ID" in values and outcome.status == "duplicate"
+    event(f"{'automatic' if automatic else (from_ or ('plain',))[0] + ' From'}: "
+          f"{outcome.status}")
+    if automatic is not None:
+        assert outcome.status in {"machine", "bounce"} or again, outcome
+        assert sent == [], "a machine's mail is answered by nobody"
+        return
+    if again or outcome.status == "ignored" and from_ and from_[0] == "raw":
+        assert sent == []  # the same mail again, or no usable From in the junk
+        return
+    requester = desk.case(outcome.ref)["requester"] if outcome.ref else None
+    if from_ and from_[0] == "raw" and requester != sender:
+        # An address of the junk's own was named first: answered like anyone (within
+        # the limits on what one address is sent), never anybody else.
+        assert outcome.status in {"new_case", "held"}, outcome
+        assert {r for d in sent for r in d.rcpt_tos} <= {requester, *STAFF} | participants
+        return
+    assert outcome.status == "new_case" and requester == sender, outcome
+    to_sender = [m for m, d in zip(mails, sent) if sender in d.rcpt_tos]
+    to_staff = [m for m, d in zip(mails, sent) if STAFF & set(d.rcpt_tos)]
+    assert [m["Auto-Submitted"] for m in to_sender] == ["auto-replied"], "one acknowledgement"
+    assert len(to_staff) == 1, "one staff notice"
+    assert {str(m["X-Helpdesk-Case"]) for m in mails} == {outcome.ref}

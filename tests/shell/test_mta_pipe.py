@@ -53,9 +53,10 @@ sys.stdin.read()
 
 
 @contextmanager
-def write_lock_held(database: Path) -> Iterator[None]:
-    """Another process (an admin's sqlite3 shell, a stuck writer) holds the write lock."""
-    with subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, str(database)],
+def write_lock_held(database: Path, holding: str = _HOLD_WRITE_LOCK) -> Iterator[None]:
+    """Another process (an admin's sqlite3 shell, a stuck writer) holds the write lock
+    (or, with another *holding* script, whatever lock that takes)."""
+    with subprocess.Popen([sys.executable, "-c", holding, str(database)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         try:
@@ -112,6 +113,43 @@ def test_postgresql_down_exits_75_from_the_schema_check_and_the_retry_stores_onc
     stored = pipe(desk, raw)
     assert stored.returncode == 0, stored.stdout + stored.stderr
     assert_arrived_once(desk, raw, "Database down")
+
+
+# Locks that keep even a reader out, so that the schema check (one SELECT, before the
+# mail is read) is what meets them: an admin's sqlite3 shell in exclusive locking mode,
+# and a writer's exclusive lock on a database put back in rollback-journal mode (say,
+# restored from a backup), which our first connection must switch to WAL.
+_HOLD_EVERY_LOCK = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA {pragma}")
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+_SHUTTING_OUT_READERS = {"exclusive-locking-mode": "locking_mode=EXCLUSIVE",
+                         "rollback-journal": "journal_mode=DELETE"}
+
+
+@pytest.mark.parametrize("holding", sorted(_SHUTTING_OUT_READERS))
+def test_sqlite_locked_at_the_schema_check_exits_75_and_the_retry_stores_once(
+        desk_factory, holding):
+    desk = desk_factory(database={"lock_timeout": "1s"})
+    desk.app.engine.dispose()  # the test's own connection would keep the holder out
+    raw = make_mail(ANA, "support@example.com", "Locked at the door")
+    with write_lock_held(sqlite_path(desk),
+                         _HOLD_EVERY_LOCK.format(pragma=_SHUTTING_OUT_READERS[holding])):
+        started = time.monotonic()
+        locked = pipe(desk, raw)
+        assert time.monotonic() - started < 20
+    assert locked.returncode == EX_TEMPFAIL, locked.stdout + locked.stderr
+    # open_app's words, not ingest's ("-: database unavailable"): the schema check met it
+    assert locked.stderr.startswith("Error: database unavailable: database is locked")
+    assert "Traceback" not in locked.stderr and locked.stdout == ""
+    stored = pipe(desk, raw)  # the MTA tries again later
+    assert stored.returncode == 0 and "new_case CC-000001" in stored.stdout, stored.stderr
+    assert pipe(desk, raw).returncode == 0  # one more retry changes nothing
+    assert_arrived_once(desk, raw, "Locked at the door")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from helpdesk.inbound.smtp_listener import start_listener
 from helpdesk.outbound.deliver import deliver_all
-from tests.servers.helpdesk import Desk, make_mail, staff_auth
+from tests.servers.helpdesk import Desk, make_mail
 from tests.servers.smtp import free_port
 
 ANA = "Ana Garcia <ana@customer.example>"
@@ -188,36 +188,60 @@ def test_the_unverified_notice_is_answerable_by_the_real_author(desk):
     assert "Which model?" in text_of(status) and "#waiting" not in text_of(status)
 
 
-def test_assign_takes_only_staff_so_outsiders_never_get_staff_notices(desk):
-    ack = open_case(desk)
-    outcome = desk.ingest(make_mail(AGENT, "support@example.com", "Re: [CC-000001] Printer",
-                                    f"#assign {EVE}\n", in_reply_to=ack["Message-ID"],
-                                    headers=staff_auth(AGENT)))
-    assert outcome.status == "staff_reply" and desk.case("CC-000001")["assignee"] is None
-    error = latest_to(desk, AGENT)
-    assert "not a staff address" in text_of(error)
-    desk.ingest(make_mail(ANA, ack["Reply-To"], "Re: [CC-000001] Printer on fire", "Any news?\n"))
+def test_assign_takes_only_staff_so_outsiders_never_get_staff_notices(desk_factory):
+    """The agent, verified by our MTA, is talked into `#assign eve@…` (or mistypes it):
+    over the SMTP listener, as every mail comes. Refused with a word to the agent; Eve
+    gets nothing, then or when Ana writes again."""
+    desk = desk_factory(**listening())
+    with listener(desk) as port:
+        over_smtp(port, make_mail(ANA, "support@example.com", "Printer on fire", "It burns.\n"),
+                  ["support@example.com"], mail_from=ANA_ADDR)
+        deliver_all(desk.app)
+        ack = latest_to(desk, ANA_ADDR)
+        over_smtp(port, delivered_by_our_mta(
+            make_mail(AGENT, "support@example.com", "Re: [CC-000001] Printer on fire",
+                      f"#assign {EVE}\n", in_reply_to=ack["Message-ID"]),
+            "dkim=pass header.d=example.com; dmarc=pass header.from=example.com"),
+                  ["support@example.com"], mail_from=AGENT)
+        deliver_all(desk.app)
+        assert desk.case("CC-000001")["assignee"] is None
+        assert events(desk, "CC-000001", "unverified_staff_mail") == []  # it was the agent
+        assert "not a staff address" in text_of(latest_to(desk, AGENT))
+        notices = len(desk.sent_to(AGENT))
+        over_smtp(port, make_mail(ANA, str(ack["Reply-To"]), "Re: [CC-000001] Printer on fire",
+                                  "Any news?\n", in_reply_to=ack["Message-ID"]),
+                  [str(ack["Reply-To"])], mail_from=ANA_ADDR)
+        deliver_all(desk.app)
+    assert "Any news?" in text_of(desk.sent_to(AGENT)[-1])  # the staff were told, again
+    assert len(desk.sent_to(AGENT)) == notices + 1
     assert EVE not in recipients(desk)
 
 
-def test_a_notify_address_is_staff_for_its_category(desk):
+def test_a_notify_address_is_staff_for_its_category(desk_factory):
     """connectivity@example.com is the connections category's notify address, not in
-    `staff`: it answers the notice it got like staff, and never becomes a participant."""
-    outcome = desk.ingest(make_mail(ANA, "connections@example.com", "New connection: Hotel X",
-                                    "Please connect us.\n"))
-    assert outcome.ref == "CN-000001"
-    notice = latest_to(desk, "connectivity@example.com", "[CN-000001]")
-    assert notice["Reply-To"].startswith("connections+CN-000001.s.")
-    before = len(desk.sent_to("connectivity@example.com"))
-    outcome = desk.ingest(make_mail("connectivity@example.com", notice["Reply-To"],
-                                    f"Re: {notice['Subject']}",
-                                    "#status pending_seller\nWe need the seller's test account.\n",
-                                    in_reply_to=notice["Message-ID"]))
-    assert outcome.status == "staff_reply"
+    `staff`: it answers the notice it got like staff, over the SMTP listener, and never
+    becomes a participant or gets a notice of its own answer."""
+    notify = "connectivity@example.com"
+    desk = desk_factory(**listening())
+    with listener(desk) as port:
+        over_smtp(port, make_mail(ANA, "connections@example.com", "New connection: Hotel X",
+                                  "Please connect us.\n"),
+                  ["connections@example.com"], mail_from=ANA_ADDR)
+        deliver_all(desk.app)
+        notice = latest_to(desk, notify, "[CN-000001]")
+        reply_to = str(notice["Reply-To"])
+        assert reply_to.startswith("connections+CN-000001.s.")
+        before = len(desk.sent_to(notify))
+        over_smtp(port, make_mail(notify, reply_to, f"Re: {notice['Subject']}",
+                                  "#status pending_seller\nWe need the seller's test account.\n",
+                                  in_reply_to=notice["Message-ID"]),
+                  [reply_to], mail_from=notify)
+        deliver_all(desk.app)
     case = desk.case("CN-000001")
     assert case["status"] == "pending_seller" and case["participants"] == [ANA_ADDR]
     assert "seller's test account" in text_of(latest_to(desk, ANA_ADDR, "[CN-000001]"))
-    assert len(desk.sent_to("connectivity@example.com")) == before  # no notice back to itself
+    assert "#status" not in text_of(latest_to(desk, ANA_ADDR, "[CN-000001]"))
+    assert len(desk.sent_to(notify)) == before  # no notice back to itself
 
 
 # --- threading by Message-ID ------------------------------------------------------------------
