@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -430,15 +430,44 @@ def _expected(exc: Exception) -> bool:
 
 
 def retry_failed(app: App, inbound_id: int) -> Outcome:
-    """Run a quarantined mail through the pipeline again (after a fix or a config change)."""
+    """Run a quarantined mail through the pipeline again (after a fix or a config change).
+
+    The retry goes in under the transport's key, so the quarantined row first steps
+    aside (a key of its own) and is deleted only once the retry has committed: should
+    the retry fail (the database locked or gone) or the process die meanwhile, the mail
+    is still in the quarantine, where it was. A mail that fails again is quarantined
+    anew, under its key.
+    """
+    aside = f"retrying:{inbound_id}"
     with app.sessions.begin() as session:
         row = session.get(Inbound, inbound_id)
         if row is None or row.status != "failed":
             raise LookupError(f"no quarantined message with id {inbound_id}")
         raw, source, key = row.raw, row.source, row.source_key
         recipients = tuple(row.envelope_recipients or ())
-        session.delete(row)  # re-ingest under the same key; quarantined again if it still fails
-    return ingest_raw(app, raw, source=source, source_key=key, envelope_recipients=recipients)
+        row.source_key = aside
+    if key == aside:  # a retry that died before: the transport's key is not known any more
+        key = hashlib.sha256(raw).hexdigest()
+    try:
+        outcome = ingest_raw(app, raw, source=source, source_key=key,
+                             envelope_recipients=recipients)
+    except BaseException:
+        _step_back(app, inbound_id, key)
+        raise
+    with app.sessions.begin() as session:
+        session.execute(delete(Inbound).where(Inbound.id == inbound_id))
+    return outcome
+
+
+def _step_back(app: App, inbound_id: int, key: str) -> None:
+    """The quarantined row under its own key again, if the database lets us; if not, it
+    stays in the quarantine under the key it stepped aside to."""
+    try:
+        with app.sessions.begin() as session:
+            session.execute(update(Inbound).where(Inbound.id == inbound_id)
+                            .values(source_key=key))
+    except Exception as exc:
+        log.warning("quarantined message %s stays under its retry key: %s", inbound_id, exc)
 
 
 def notify_too_large(app: App, header_bytes: bytes, size: int, *, source: str = "too_large",

@@ -85,11 +85,13 @@ def keep(conn: Connection, rendered: Sequence[Bytes]) -> dict[int, bytes]:
         return {}
     c = OUTBOX.c
     ids = [r.outbox_id for r in rendered]
-    stored = dict(conn.execute(select(c.id, c.raw).where(c.id.in_(ids), c.raw.is_not(None))
-                               .with_for_update()).all())
+    # Every row is locked, not only those with bytes: a row without them is the one
+    # another sender might be keeping at the same moment.
+    locked = conn.execute(select(c.id, c.raw).where(c.id.in_(ids)).with_for_update()).all()
+    stored = {oid: raw for oid, raw in locked if raw is not None}
     new = [r for r in rendered if r.outbox_id not in stored]
     if new:
-        conn.execute(update(OUTBOX).where(c.id == bindparam("oid"))
+        conn.execute(update(OUTBOX).where(c.id == bindparam("oid"), c.raw.is_(None))
                      .values(raw=bindparam("new_raw")),
                      [{"oid": r.outbox_id, "new_raw": r.raw} for r in new])
         conn.execute(update(MESSAGE).where(MESSAGE.c.dedupe_key == bindparam("mid"))

@@ -31,7 +31,9 @@ Exactly once, as far as SMTP allows:
 5. **Give back** what the pass did not try (the server went down, the window closed,
    an error): ``claimed_until`` is cleared on those rows while the claim is still ours
    (``outbox.release``), so they are due again at once. A row that was tried is never
-   given back: if its record failed it waits out its claim.
+   given back: if its record fails (storage trouble) it is tried again a few times
+   while the claim is ours (``_record_in_time``), and if it still fails, the row waits
+   out its claim.
 
 The one honest duplicate (SPEC, end): if the process dies between 3 and 4 for a mail,
 its claim runs out after ``lease`` (plus what was left of the window) and that mail is
@@ -54,6 +56,7 @@ keep their turn and nobody hammers a server that is down.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -162,8 +165,7 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
             while untried and clock.now() <= claimed_at + BATCH_WINDOW and not stop():
                 mail = untried.pop()
                 outcome = _attempt(transport, mail)
-                with conn.begin():
-                    result += _record(conn, mail, outcome, clock.now())
+                result += _record_in_time(conn, mail, outcome, clock)
                 if outcome.stop_batch:
                     log.warning("outbound delivery stopped for this pass: %s", outcome.reason)
                     result += SendResult(error=outcome.reason)
@@ -173,6 +175,32 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
                 transport.close()
             _give_back(conn, untried)
     return result
+
+
+RECORD_TRIES = 5
+RECORD_PAUSE = 1.0  # seconds between tries
+RECORD_MARGIN = timedelta(seconds=10)  # no try this close to the end of the claim
+
+
+def _record_in_time(conn: Connection, mail: Claimed, outcome: _Outcome,
+                    clock: Clock) -> SendResult:
+    """``_record`` in a transaction of its own, tried again on storage trouble (the
+    write lock past its timeout, a dropped database connection) while the claim is
+    still ours: a mail the server accepted and we could not record would otherwise
+    go out a second time when the claim runs out. Gives up (raises) after
+    ``RECORD_TRIES`` or near the end of the claim; then the row waits out its claim."""
+    tries = 1
+    while True:
+        try:
+            with conn.begin():
+                return _record(conn, mail, outcome, clock.now())
+        except Exception as exc:
+            if (not is_storage_trouble(exc) or tries == RECORD_TRIES
+                    or clock.now() + RECORD_MARGIN >= mail.claimed_until):
+                raise
+            log.warning("outbox=%s: recording it failed (%s); trying again", mail.id, exc)
+        tries += 1
+        time.sleep(RECORD_PAUSE)
 
 
 def _render(conn: Connection, reads: sessionmaker[Session], batch: list[Claimed],

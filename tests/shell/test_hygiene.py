@@ -769,6 +769,41 @@ def test_failed_list_and_retry_after_fixing_the_cause(desk_factory, tmp_path):
     assert kept["error"] == "UnparseableMessage: empty message" and kept["attempts"] >= 1
 
 
+def test_a_retry_the_database_cannot_take_leaves_the_mail_in_the_quarantine(
+        desk_factory, tmp_path, monkeypatch):
+    from helpdesk.inbound import ingest
+    from tests.shell.test_mta_pipe import sqlite_path, write_lock_held
+    blocker = tmp_path / "attachments-blocked"
+    blocker.write_text("not a folder\n")
+    desk = desk_factory(helpdesk={"attachments": str(blocker)},
+                        database={"lock_timeout": "1s"})
+    raw = printer_mail_with_a_photo()
+    outcome = desk.ingest(raw)
+    assert outcome.status == "quarantined"
+    blocker.unlink()  # the admin fixes it, and retries just as another writer holds the lock
+
+    real_ingest = ingest.ingest_raw
+
+    def ingest_behind_a_locked_database(*args, **kwargs):
+        with write_lock_held(sqlite_path(desk)):
+            return real_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "ingest_raw", ingest_behind_a_locked_database)
+    with pytest.raises(ingest.StorageUnavailable):
+        ingest.retry_failed(desk.app, outcome.inbound_id)
+    [kept] = list_failed(desk.app)  # still in the quarantine, bytes and all
+    with desk.app.sessions() as session:
+        assert session.get(Inbound, kept["id"]).raw == raw
+    assert all_refs(desk) == [] and desk.sent() == []
+
+    monkeypatch.setattr(ingest, "ingest_raw", real_ingest)
+    retried = desk.cli("failed", "retry")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert all_refs(desk) == ["CC-000001"] and list_failed(desk.app) == []
+    assert [m["Subject"] for m in desk.sent_to("ana@customer.example")] == [
+        "[CC-000001] Printer on fire"]
+
+
 def test_a_failing_message_does_not_block_the_next(desk_factory, tmp_path):
     desk, _ = blocked_attachment_store(desk_factory, tmp_path)
     bad = desk.ingest(printer_mail_with_a_photo())

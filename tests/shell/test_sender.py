@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -331,6 +332,53 @@ def test_a_crash_between_accept_and_record_repeats_only_that_mail_once(sessions,
     assert [m["Message-ID"] for m in mta.handler.messages()] == [
         "<out-1@example.com>", "<out-2@example.com>", "<out-1@example.com>"]
     assert {outbox(sessions, first).status, outbox(sessions, second).status} == {"sent"}
+
+
+class _LockAfterSend:
+    """After the server's 250, another writer holds the database's write lock for a
+    while: the sender's record of that mail cannot get in at first."""
+
+    def __init__(self, inner: SmtpTransport, url: str, hold: float) -> None:
+        self.inner, self.url, self.hold = inner, url, hold
+        self.holder: threading.Thread | None = None
+
+    def send(self, mail_from: str, recipients: Any, raw: bytes) -> Any:
+        answer = self.inner.send(mail_from, recipients, raw)
+        taken = threading.Event()
+
+        def hold_the_lock() -> None:
+            engine = make_engine(self.url)
+            with engine.begin() as conn:  # BEGIN IMMEDIATE: the write lock
+                taken.set()
+                time.sleep(self.hold)
+            engine.dispose()
+
+        self.holder = threading.Thread(target=hold_the_lock)
+        self.holder.start()
+        taken.wait(5)
+        return answer
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_record_that_cannot_get_in_at_first_is_tried_again_and_the_mail_goes_once(
+        tmp_path, clock, mta):
+    url = f"sqlite:///{tmp_path / 'helpdesk.db'}"
+    engine = make_engine(url, lock_timeout=timedelta(seconds=0.3))  # gives up quickly
+    upgrade(engine)
+    sessions = make_sessions(engine)
+    oid = queue(sessions, clock)
+    transport = _LockAfterSend(smtp_to(mta), url, hold=2.0)
+
+    assert send_due(sessions, clock, transport) == SendResult(sent=1)
+    assert transport.holder is not None
+    transport.holder.join()
+    assert outbox(sessions, oid).status == "sent"
+    clock.advance(days=1)  # long after any claim: nothing is due again
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    assert [m["Message-ID"] for m in mta.handler.messages()] == ["<out-1@example.com>"]
+    engine.dispose()
 
 
 def test_a_sender_slower_than_its_lease_does_not_record_twice(sessions, clock, mta, caplog):
