@@ -234,7 +234,7 @@ def _ingest_one(run: _Pass, uid: int, raw: bytes, acks: _Acks) -> None:
 
 
 def _acknowledge_outcome(run: _Pass, uid: int, outcome: ingest.Outcome, acks: _Acks) -> None:
-    if outcome.quarantined:
+    if outcome.in_quarantine:
         log.warning("mailbox %s uid=%s: quarantined (%s); moving it to %s", run.mailbox.name,
                     run.key(uid), outcome.reason or outcome.status, run.mailbox.failed_folder)
         acks.failed.append(uid)

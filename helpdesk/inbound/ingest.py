@@ -62,17 +62,27 @@ class StorageUnavailable(Exception):
         return cls(str(getattr(exc, "orig", None) or exc))
 
 
+_KEPT = ("quarantined", str(Disposition.HELD))  # the outcomes that leave a mail quarantined
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: str  # new_case | reply | staff_reply | machine | bounce | duplicate | ... | quarantined
     inbound_id: int | None
     ref: str | None = None
     reason: str = ""
+    first: str | None = None  # a duplicate: the outcome of the mail when it first came
 
     @property
     def quarantined(self) -> bool:
         """Kept in the quarantine: it failed, or it was held over a limit (``held``)."""
-        return self.status in ("quarantined", str(Disposition.HELD))
+        return self.status in _KEPT
+
+    @property
+    def in_quarantine(self) -> bool:
+        """Quarantined now, or a second delivery of a mail quarantined when it first came
+        (an IMAP message re-fetched after a crash belongs in the failed folder too)."""
+        return self.quarantined or self.first in _KEPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +287,8 @@ def _received_many(db: Connection, mails: Sequence[Received]) -> dict[tuple[str,
 
 
 def _already(inbound_id: int, outcome: str | None) -> Outcome:
-    return Outcome("duplicate", inbound_id, reason=f"already received as {outcome}")
+    return Outcome("duplicate", inbound_id, reason=f"already received as {outcome}",
+                   first=outcome)
 
 
 def _insert_inbound(db: Connection, mail: Received, now: datetime, status: str,

@@ -220,6 +220,21 @@ def test_reingest_after_a_crash_before_the_move_is_harmless(dovecot, make_app):
     assert len(inbound_rows(app)) == 1
 
 
+def test_a_quarantined_mail_fetched_again_after_a_crash_goes_to_the_failed_folder(
+        dovecot, make_app):
+    app = make_app(dovecot.mailbox_config())
+    dovecot.append(b"not a mail\r\n")
+    uidvalidity = dovecot.uidvalidity()
+    kept = ingest.ingest_raw(app, dovecot.messages()[0], source="imap:default",
+                             source_key=f"{uidvalidity}:1")  # quarantined, then "crashed"
+    assert kept.quarantined
+
+    result = fetch(app)
+
+    assert (dovecot.count("Processed"), dovecot.count("Failed")) == (0, 1)
+    assert result.quarantined == 1 and len(inbound_rows(app)) == 1
+
+
 @pytest.mark.parametrize("capability", ["IMAP4rev1 LITERAL+ UIDPLUS", "IMAP4rev1 LITERAL+"])
 def test_without_move_copies_deletes_and_expunges(dovecot_factory, make_app, capability):
     account = dovecot_factory(imap_capability=capability).new_account()
