@@ -131,7 +131,9 @@ def ingest_many(app: App, mails: Sequence[Received]) -> list[Outcome]:
       and is quarantined in its place, in the same transaction;
     - every decision sees the writes of the mails before it in the group (same
       transaction), so a reply right behind the mail that opened its case, or a second
-      copy of a mail, is handled as it would be one transaction at a time.
+      copy of a mail, is handled as it would be one transaction at a time. (Except
+      after a conflict: a mail whose insert met another process's row at the same
+      moment is decided again after the rest of its batch.)
 
     Storage trouble raises ``StorageUnavailable``: the transaction in hand rolls back,
     and the mails of earlier, committed transactions are found as received (and just
