@@ -4,8 +4,8 @@ through an index, so the cost of a mail never grows with the number of cases.
 The hot path (an inbound mail's transaction) works on ``CaseRecord``s read and
 written with Core statements (``store.tables``). The functions that take ``db``
 run on a ``Connection`` or on an ORM ``Session`` alike (web actions and commands
-pass theirs); ``by_ref`` and ``suggestions`` return ORM objects, for the commands,
-the web and the renderer.
+pass theirs); ``by_ref`` and ``suggestions`` return ORM objects, for the commands
+and the web.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from helpdesk.core.refs import (
 )
 from helpdesk.core.trust import UNVERIFIED, SenderTrust
 from helpdesk.store import tables
-from helpdesk.store.orm import Case, CaseLink, Suggestion
+from helpdesk.store.orm import Case, Suggestion
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -322,14 +322,6 @@ def next_ref(db: Db, prefix: str) -> str:
         db.execute(_INSERT_COUNTER, {"prefix": prefix, "last": 1})
         bumped = 1
     return format_ref(prefix, bumped)
-
-
-def linked_refs(session: Db, case_id: int) -> list[str]:
-    out_ = select(Case.ref).join(CaseLink, CaseLink.linked_case_id == Case.id).where(
-        CaseLink.case_id == case_id)
-    in_ = select(Case.ref).join(CaseLink, CaseLink.case_id == Case.id).where(
-        CaseLink.linked_case_id == case_id)
-    return sorted(set(session.scalars(out_)) | set(session.scalars(in_)))
 
 
 _SECRET_ROW = "reply_secret"
