@@ -65,7 +65,7 @@ def queue_case_list(session: Session, app: App, msg: InboundMessage, now: dateti
     """Answer ``#cases``: the sender's open cases and, with ``company_domains``, their
     company's. Rate-limited like every automatic answer."""
     kind = MailKind.CASE_LIST
-    if not _within_limits(session, app, None, kind, [msg.sender], now, Facts(session)):
+    if not _within_limits(app, None, kind, [msg.sender], now, Facts(session)):
         return False
     settings = app.settings
     category = route(msg, app.policy).name

@@ -152,7 +152,7 @@ def queue_mail(session: Session | Connection, app: App, case: AnyCase, mail: Mai
     facts = facts or Facts(session)
     recipients = _recipients(app, case, mail.to, extras.message, facts)
     if mail.kind not in UNLIMITED_KINDS:
-        recipients = _within_limits(session, app, case, mail.kind, recipients, now, facts)
+        recipients = _within_limits(app, case, mail.kind, recipients, now, facts)
     if budget is not None:
         recipients, refused = budget.admit(
             recipients, lambda address: app.policy.is_staff_for(case.category, address))
@@ -223,9 +223,8 @@ def limit_windows(app: App, now: datetime) -> list[datetime]:
                                            *limits.auto_mail_per_recipient)]
 
 
-def _within_limits(session: Session | Connection, app: App, case: AnyCase | None,
-                   kind: MailKind, recipients: list[str], now: datetime,
-                   facts: AnyFacts) -> list[str]:
+def _within_limits(app: App, case: AnyCase | None, kind: MailKind, recipients: list[str],
+                   now: datetime, facts: AnyFacts) -> list[str]:
     limits = app.settings.limits
     for count, window in limits.auto_mail_per_case if case is not None else ():
         if facts.sent_for_case(case.id, now - window) >= count:
@@ -272,7 +271,7 @@ def _values(mail: Mail, extras: Extras, show_agent_address: bool) -> dict[str, A
 def queue_notice(session: Session, app: App, category: str, kind: MailKind,
                  msg: InboundMessage, now: datetime) -> Outbox | None:
     """A mail about a message that belongs to no case (e.g. one too large to take)."""
-    recipients = _within_limits(session, app, None, kind, [msg.sender], now, Facts(session)) \
+    recipients = _within_limits(app, None, kind, [msg.sender], now, Facts(session)) \
         if msg.sender else []
     if not recipients:
         return None
