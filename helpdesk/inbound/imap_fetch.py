@@ -106,13 +106,13 @@ def fetch_once(app: App, mailbox: ImapMailbox, client: IMAPClient, *,
     """One pass over ``mailbox.folder``; returns what happened.
 
     *stop* is looked at between groups of messages (``_by_budget``, at most a batch): the
-    group in hand is finished and acknowledged, the rest waits for the next pass. *still_ours* is asked before each
-    batch is acknowledged on the server: when it says no, ``MailboxLost`` is raised and
-    the batch is left to the process that holds the mailbox now (its messages are
-    stored already; there they are recognised and just moved). Raises
-    ``ingest.StorageUnavailable`` (after acknowledging what did commit) when the
-    database cannot take a message: that message stays on the server. Network and
-    IMAP errors propagate; nothing unacknowledged is lost, it is fetched again.
+    group in hand is finished and acknowledged, the rest waits for the next pass.
+    *still_ours* is asked before each batch is acknowledged on the server: when it says
+    no, ``MailboxLost`` is raised and the batch is left to the process that holds the
+    mailbox now (its messages are stored already; there they are recognised and just
+    moved). Raises ``ingest.StorageUnavailable`` (after acknowledging what did commit)
+    when the database cannot take a message: that message stays on the server. Network
+    and IMAP errors propagate; nothing unacknowledged is lost, it is fetched again.
     """
     info = client.select_folder(mailbox.folder)
     uidvalidity = int(info[b"UIDVALIDITY"])

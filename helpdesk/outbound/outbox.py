@@ -111,9 +111,9 @@ _MARK_SENT_FORGETTING = _MARK_SENT.values(raw=None, render=None)
 
 def mark_sent(conn: Connection, mail: Claimed, now: datetime, *, forget: bool) -> bool:
     """Record that the server took the whole mail, if the row is still ours (queued,
-    and our claim unchanged); False leaves it to the careful path (``sender._record``).
-    With ``forget``, the row keeps neither its bytes nor its template values
-    (``render.forget_sign_in_link``)."""
+    and our claim unchanged); False leaves it to the careful path
+    (``sender._record_carefully``). With ``forget``, the row keeps neither its bytes nor
+    its template values (``render.forget_sign_in_link``)."""
     done = conn.execute(_MARK_SENT_FORGETTING if forget else _MARK_SENT,
                         {"oid": mail.id, "until": mail.claimed_until, "now": now})
     return done.rowcount == 1

@@ -26,8 +26,8 @@ Exactly once, as far as SMTP allows:
 4. **Record** each mail right after the server answered, in a transaction of its own,
    before the next mail is sent: ``sent`` only after the server accepted the mail, and
    only while the row is still ours (``outbox.mark_sent``: still queued, our claim
-   unchanged; anything else takes the careful path, ``_record``). A row marked ``sent``
-   is never picked again.
+   unchanged; anything else takes the careful path, ``_record_carefully``). A row marked
+   ``sent`` is never picked again.
 5. **Give back** what the pass did not try (the server went down, the window closed,
    an error): ``claimed_until`` is cleared on those rows while the claim is still ours
    (``outbox.release``), so they are due again at once. A row that was tried is never
