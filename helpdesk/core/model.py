@@ -80,6 +80,11 @@ class InboundMessage:
         return name.lower() in self.headers
 
     @property
+    def dedupe_key(self) -> str:
+        """What makes two deliveries one mail: its Message-ID, or its bytes' hash."""
+        return self.message_id or f"sha256:{self.content_hash}"
+
+    @property
     def thread_ids(self) -> tuple[str, ...]:
         """Every Message-ID this mail says it answers, most specific first."""
         seen: dict[str, None] = {}

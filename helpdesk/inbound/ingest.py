@@ -45,6 +45,7 @@ from helpdesk.core.model import InboundMessage
 from helpdesk.core.selfservice import Suggestion
 from helpdesk.inbound.verify import sender_trust
 from helpdesk.mail.parsing import HeaderLimits, parse_message
+from helpdesk.outbound.facts import CaseFacts
 from helpdesk.store import cases, tables
 from helpdesk.store.apply import apply_decision
 from helpdesk.store.db import is_storage_trouble, orm_session
@@ -179,13 +180,14 @@ def _ingest_pass(app: App, mails: Sequence[Received], todo: list[int],
         known = _received_many(db, [mails[index] for index in todo])
         cases.remember_secret_key(db, app)
     pending: deque[_Parsed] = deque()
+    limits = header_limits(app)
     for index in todo:
         mail = mails[index]
         if (outcome := known.get((mail.source, mail.source_key))) is not None:
             outcomes[index] = outcome
             continue
         try:  # parsed and searched before the write lock: it takes time
-            msg = parse_message(mail.raw, mail.envelope_recipients, header_limits(app))
+            msg = parse_message(mail.raw, mail.envelope_recipients, limits)
         except Exception as exc:
             pending.append(_Parsed(index, mail, None, error=exc))
             continue
@@ -395,19 +397,15 @@ _CASE_OF_KEY = select(tables.message.c.case_id).where(
 
 def _duplicate_of(db: Connection, msg: InboundMessage) -> int | None:
     """The case of the message this one is a copy of (same Message-ID, or same bytes)."""
-    return db.scalar(_CASE_OF_KEY, {"key": msg.message_id or f"sha256:{msg.content_hash}"})
-
-
-_ADDRESSES_OF = select(tables.case_address.c.address).where(
-    tables.case_address.c.case_id == bindparam("case_id"))
+    return db.scalar(_CASE_OF_KEY, {"key": msg.dedupe_key})
 
 
 def _record_addresses(db: Connection, app: App, case_id: int, msg: InboundMessage) -> None:
-    known = set(db.scalars(_ADDRESSES_OF, {"case_id": case_id}))
-    new = [{"case_id": case_id, "address": address}
-           for address in support_addresses(msg, app.policy) if address not in known]
-    if new:
-        db.execute(insert(tables.case_address), new)
+    """The support addresses a second copy of a mail came to, on the first copy's case."""
+    facts = CaseFacts(db, case_id, ())
+    for address in support_addresses(msg, app.policy):
+        facts.add_address(address)
+    facts.write()
 
 
 def _quarantine(app: App, mail: Received, exc: Exception) -> Outcome:

@@ -195,11 +195,7 @@ class TemplateRenderer:
         Raises ``TemplateError`` (naming the template) when a template is missing,
         does not compile, or fails, e.g. on a variable the context lacks.
         """
-        kind = str(kind)
-        return RenderedBody(
-            text=self.render_part(category, kind, "txt", context),
-            html=self.render_part(category, kind, "html", context),
-        )
+        return TemplateBatch(self).render(category, kind, context)
 
     def batch(self) -> TemplateBatch:
         """A renderer for one batch of mail (``TemplateBatch``)."""

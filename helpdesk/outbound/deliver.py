@@ -17,7 +17,7 @@ def deliver_all(app: App, max_passes: int = 100) -> SendResult:
                               lease=claim_lease(app.settings), render=outbox_renderer(app),
                               reads=app.reads, keep_connection=True)
             total += result
-            if result.error or not (result.sent or result.retried or result.dead):
+            if not result.more_may_be_due:
                 break
     finally:
         transport.close()

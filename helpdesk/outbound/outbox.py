@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, select, update
 
-from helpdesk.store.orm import Message, Outbox
+from helpdesk.store import tables
 
-OUTBOX = Outbox.__table__
-MESSAGE = Message.__table__
+OUTBOX = tables.outbox
+MESSAGE = tables.message
 
 
 @dataclass(frozen=True, slots=True)

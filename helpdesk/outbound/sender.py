@@ -126,6 +126,11 @@ class SendResult:
         return SendResult(self.sent + other.sent, self.retried + other.retried,
                           self.dead + other.dead, other.error or self.error)
 
+    @property
+    def more_may_be_due(self) -> bool:
+        """The pass did work and met no connection failure: another pass may find more."""
+        return bool(self.sent or self.retried or self.dead) and not self.error
+
 
 @dataclass(frozen=True)
 class _Outcome:

@@ -141,7 +141,7 @@ def _serve(app: App, poll: float, wake: Any, stop: Any, finish: Any, parent: int
             result = send_due(app.sessions, app.clock, transport, lease=lease, render=render,
                               reads=app.reads, stop=stopping, keep_connection=True)
             passes, total = passes + 1, total + result
-            if (result.sent or result.retried or result.dead) and not result.error:
+            if result.more_may_be_due:
                 busy_at = time.monotonic()
                 continue
         except Exception:

@@ -155,7 +155,7 @@ def store_message(db: Connection, app: App, case: CaseRecord, msg: InboundMessag
                   kind: MailKind, inbound_id: int | None, now: datetime,
                   facts: CaseFacts) -> int:
     """Store an inbound mail on its case (at once: its attachments refer to it); its id."""
-    key = msg.message_id or f"sha256:{msg.content_hash}"
+    key = msg.dedupe_key
     message_id = db.execute(_INSERT_MESSAGE, {
         "case_id": case.id, "direction": str(Direction.IN), "kind": str(kind), "message_id": key,
         "dedupe_key": key, "from_addr": msg.sender, "to_addrs": list(msg.to),

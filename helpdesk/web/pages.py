@@ -20,8 +20,9 @@ from helpdesk.app import App
 from helpdesk.core import lifecycle
 from helpdesk.core.access import Scope, Viewer, customer_sees_message, effective_scope, may_see
 from helpdesk.core.lifecycle import Lifecycle
+from helpdesk.store import cases as stored_cases
 from helpdesk.store.listing import ORDERS, SORTS, CaseQuery, CaseRow, list_cases
-from helpdesk.store.orm import Attachment, Case, CaseLink, Event, Message, Participant, Suggestion
+from helpdesk.store.orm import Attachment, Case, CaseLink, Event, Message, Participant
 
 
 def status_label(app: App, category: str, status: str) -> str:
@@ -171,10 +172,8 @@ def case_page(session: Session, app: App, viewer: Viewer, ref: str) -> CasePage 
     linked = _linked(session, app, viewer, case.id)
     events = list(session.scalars(select(Event).where(Event.case_id == case.id)
                                   .order_by(Event.id))) if viewer.staff else []
-    # The articles the acknowledgement suggested are rows of their own (a Case has no
-    # `suggestions` attribute: reading one there showed staff none, ever). Staff only.
-    suggestions = list(session.scalars(select(Suggestion).where(Suggestion.case_id == case.id)
-                                       .order_by(Suggestion.rank))) if viewer.staff else []
+    # The articles the acknowledgement suggested (rows of their own). Staff only.
+    suggestions = stored_cases.suggestions(session, case.id) if viewer.staff else []
     return CasePage(case, participants, messages, linked, events, suggestions,
                     is_final(app, case.category, case.status))
 
