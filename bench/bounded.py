@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from bench.ingest import ROOT, db_counts, make_desk, python_env, run_probe
 from tests.servers.helpdesk import make_mail
-from tests.servers.smtp import free_port
+from tests.servers.smtp import TimedSend, free_port, send_timed
 
 SENDER = "Ana Garcia <ana@customer.example>"
 _WORDS = b" " + b"word " * 14
@@ -87,34 +86,16 @@ def ingest_cost(work: Path, label: str, raw: bytes, max_size: int) -> Cost:
                 facts["hwm_kb"] - facts["idle_rss_kb"])
 
 
-@dataclass
-class Sample:
-    started: float
-    seconds: float
-    code: int
-
-
-def _send(port: int, raw: bytes) -> Sample:
-    started = time.monotonic()
-    try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=300) as smtp:
-            smtp.sendmail("ana@customer.example", ["support@example.com"], raw)
-        code = 250
-    except smtplib.SMTPResponseException as exc:
-        code = exc.smtp_code
-    return Sample(started, time.monotonic() - started, code)
-
-
-def p95(samples: list[Sample]) -> float:
+def p95(samples: list[TimedSend]) -> float:
     ordered = sorted(s.seconds for s in samples)
     return ordered[max(0, round(0.95 * len(ordered)) - 1)] if ordered else float("nan")
 
 
 @dataclass
 class ListenerRun:
-    quiet: list[Sample] = field(default_factory=list)
-    during: list[Sample] = field(default_factory=list)
-    big: list[Sample] = field(default_factory=list)
+    quiet: list[TimedSend] = field(default_factory=list)
+    during: list[TimedSend] = field(default_factory=list)
+    big: list[TimedSend] = field(default_factory=list)
 
     @property
     def refused(self) -> int:
@@ -131,7 +112,7 @@ def listener_latency(work: Path, big: list[bytes], max_size: int,
     daemon = subprocess.Popen([sys.executable, "-m", "helpdesk", "-c", str(config), "run"],
                               stdout=log, stderr=subprocess.STDOUT, env=python_env(), cwd=ROOT)
     run = ListenerRun()
-    samples: list[Sample] = []
+    samples: list[TimedSend] = []
     stop = threading.Event()
     try:
         _wait_for_greeting(port)
@@ -140,7 +121,7 @@ def listener_latency(work: Path, big: list[bytes], max_size: int,
             i = 0
             while not stop.is_set():
                 i += 1
-                samples.append(_send(port, make_mail(f"client{n}@customer.example",
+                samples.append(send_timed(port, make_mail(f"client{n}@customer.example",
                                                      "support@example.com", f"Small {n}-{i}")))
 
         clients = [threading.Thread(target=small_mails, args=(n,)) for n in range(3)]
@@ -148,7 +129,7 @@ def listener_latency(work: Path, big: list[bytes], max_size: int,
             client.start()
         time.sleep(quiet_seconds)
         big_started = time.monotonic()
-        run.big = [_send(port, raw) for raw in big]
+        run.big = [send_timed(port, raw) for raw in big]
         big_ended = time.monotonic()
         stop.set()
         for client in clients:

@@ -20,6 +20,7 @@ Faults: ``handler.fail_rcpt = {"ann@example.test": "451 4.2.0 Mailbox busy"}``,
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import socket
 import ssl
 import time
@@ -251,3 +252,29 @@ def mta_starttls(mta_factory: Callable[..., MTAServer]) -> Controller:
     server = mta_factory(tls="starttls")
     assert server.controller is not None
     return server.controller
+
+
+@dataclass(frozen=True)
+class TimedSend:
+    """One client's mail to a listener: when it started and ended, and the answer."""
+
+    started: float
+    ended: float
+    code: int
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
+def send_timed(port: int, raw: bytes, timeout: float = 300) -> TimedSend:
+    """Send *raw* from Ana to support@example.com on 127.0.0.1:*port*, timed; a refusal
+    is an answer (its code), not an error."""
+    started = time.monotonic()
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as smtp:
+            smtp.sendmail("ana@customer.example", ["support@example.com"], raw)
+        code = 250
+    except smtplib.SMTPResponseException as exc:
+        code = exc.smtp_code
+    return TimedSend(started, time.monotonic(), code)

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from sqlalchemy import select
 from helpdesk.inbound.smtp_listener import Listener, start_listener
 from helpdesk.store.orm import Inbound
 from tests.servers.helpdesk import Desk, make_mail
-from tests.servers.smtp import free_port, wait_for
+from tests.servers.smtp import TimedSend, free_port, send_timed, wait_for
 from tests.shell.test_mta_pipe import sqlite_path, write_lock_held
 
 ANA = "Ana Garcia <ana@customer.example>"
@@ -272,28 +271,6 @@ def attachment_mail(size: int) -> bytes:
     return parts + line * lines + b"--" + boundary + b"--\r\n"
 
 
-@dataclass
-class Sample:
-    started: float
-    ended: float
-    code: int
-
-    @property
-    def seconds(self) -> float:
-        return self.ended - self.started
-
-
-def send_timed(port: int, raw: bytes) -> Sample:
-    started = time.monotonic()
-    try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=120) as smtp:
-            smtp.sendmail("ana@customer.example", ["support@example.com"], raw)
-        code = 250
-    except smtplib.SMTPResponseException as exc:
-        code = exc.smtp_code
-    return Sample(started, time.monotonic(), code)
-
-
 def test_other_clients_get_their_250_promptly_while_huge_mails_are_stored(desk_factory,
                                                                              tmp_path):
     port = free_port()
@@ -305,7 +282,7 @@ def test_other_clients_get_their_250_promptly_while_huge_mails_are_stored(desk_f
             attachment_mail(limit)]
     assert len(huge[-1]) > limit * 0.99 and all(len(h) > 1_000_000 for h in huge[:2])
     with daemon(desk, tmp_path / "daemon.log"):
-        small: list[Sample] = []
+        small: list[TimedSend] = []
         done = threading.Event()
 
         def others(n: int) -> None:
@@ -314,13 +291,13 @@ def test_other_clients_get_their_250_promptly_while_huge_mails_are_stored(desk_f
                 i += 1
                 raw = make_mail(f"client{n}@customer.example", "support@example.com",
                                 f"Small {n}-{i}")
-                small.append(send_timed(port, raw))
+                small.append(send_timed(port, raw, timeout=120))
 
         threads = [threading.Thread(target=others, args=(n,)) for n in range(3)]
         for thread in threads:
             thread.start()
         time.sleep(1)
-        big = [send_timed(port, raw) for raw in huge]
+        big = [send_timed(port, raw, timeout=120) for raw in huge]
         time.sleep(1)
         done.set()
         for thread in threads:
