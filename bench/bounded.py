@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.ingest import ROOT, db_counts, make_desk, python_env, run_probe
+from tests.servers.helpdesk import attachment_mail as shared_attachment_mail
 from tests.servers.helpdesk import make_mail
 from tests.servers.smtp import TimedSend, free_port, send_timed
 
@@ -53,16 +54,7 @@ def subject_mail(size: int) -> bytes:
 
 def attachment_mail(size: int) -> bytes:
     """A mail of about *size* bytes: a line of text and one base64 attachment."""
-    boundary = b"==scan=="
-    line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
-    head = b"".join(h + b"\r\n" for h in _headers(b"Subject: The scan").split(b"\r\n")
-                    if h and not h.lower().startswith((b"content-", b"mime-")))
-    parts = (head + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"" +
-             boundary + b"\"\r\n\r\n--" + boundary +
-             b"\r\nContent-Type: text/plain\r\n\r\nThe scan.\r\n--" + boundary +
-             b"\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
-             b"Content-Disposition: attachment; filename=scan.pdf\r\n\r\n")
-    return parts + line * ((size - len(parts) - 200) // len(line)) + b"--" + boundary + b"--\r\n"
+    return shared_attachment_mail(SENDER, size)
 
 
 @dataclass

@@ -166,3 +166,20 @@ def desk_factory(tmp_path: Path, mta_factory: Callable[..., Any]) -> Iterator[Ca
 @pytest.fixture
 def desk(desk_factory: Callable[..., Desk]) -> Desk:
     return desk_factory()
+
+
+def attachment_mail(sender: str, size: int) -> bytes:
+    """A request of about *size* bytes from *sender*: a line of text and one base64 PDF
+    (for what a large mail costs, and what the listener does meanwhile)."""
+    boundary = b"==scan=="
+    line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
+    head = make_mail(sender, "support@example.com", "The scan").split(b"\r\n\r\n", 1)[0]
+    head = b"".join(h + b"\r\n" for h in head.split(b"\r\n")
+                    if h and not h.lower().startswith((b"content-", b"mime-")))
+    parts = (head + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"" +
+             boundary + b"\"\r\n\r\n--" + boundary +
+             b"\r\nContent-Type: text/plain\r\n\r\nThe scan.\r\n--" + boundary +
+             b"\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+             b"Content-Disposition: attachment; filename=scan.pdf\r\n\r\n")
+    lines = (size - len(parts) - 2000) // len(line)
+    return parts + line * lines + b"--" + boundary + b"--\r\n"

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from helpdesk.inbound.smtp_listener import Listener, start_listener
 from helpdesk.store.orm import Inbound
-from tests.servers.helpdesk import Desk, make_mail
+from tests.servers.helpdesk import Desk, attachment_mail, make_mail
 from tests.servers.smtp import TimedSend, free_port, send_timed, wait_for
 from tests.shell.test_mta_pipe import sqlite_path, write_lock_held
 
@@ -256,21 +256,6 @@ def mail_with(head: bytes, body: bytes, subject: str | None) -> bytes:
     return envelope_headers(subject) + head + b"\r\n" + body
 
 
-def attachment_mail(size: int) -> bytes:
-    """A mail of about *size* bytes: a line of text and a base64 attachment."""
-    boundary = b"==scan=="
-    line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
-    head = b"".join(h + b"\r\n" for h in envelope_headers("The scan").split(b"\r\n")
-                    if h and not h.lower().startswith((b"content-", b"mime-")))
-    parts = (head + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"" +
-             boundary + b"\"\r\n\r\n--" + boundary +
-             b"\r\nContent-Type: text/plain\r\n\r\nThe scan.\r\n--" + boundary +
-             b"\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
-             b"Content-Disposition: attachment; filename=scan.pdf\r\n\r\n")
-    lines = (size - len(parts) - 2000) // len(line)
-    return parts + line * lines + b"--" + boundary + b"--\r\n"
-
-
 def test_other_clients_get_their_250_promptly_while_huge_mails_are_stored(desk_factory,
                                                                              tmp_path):
     port = free_port()
@@ -279,7 +264,7 @@ def test_other_clients_get_their_250_promptly_while_huge_mails_are_stored(desk_f
                         limits={"max_message_size": limit, "new_cases_per_sender": "1000/1h"})
     huge = [mail_with(folded_header("X-Padding", 1_000_000), b"A 1 MB header.\r\n", "Header"),
             mail_with(folded_header("Subject", 1_000_000), b"A 1 MB subject.\r\n", None),
-            attachment_mail(limit)]
+            attachment_mail(ANA, limit)]
     assert len(huge[-1]) > limit * 0.99 and all(len(h) > 1_000_000 for h in huge[:2])
     with daemon(desk, tmp_path / "daemon.log"):
         small: list[TimedSend] = []
