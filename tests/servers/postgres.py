@@ -97,25 +97,24 @@ class PostgresServer:
         return f"{self.url}/{name}"
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def _running() -> Iterator[PostgresServer]:
     server = PostgresServer()
     try:
         server.start()
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    yield from _running()
 
 
 @pytest.fixture
 def private_postgres() -> Iterator[PostgresServer]:
     """A server of the test's own, started, which the test may stop and start."""
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
+    yield from _running()
 
 
 @pytest.fixture
