@@ -101,6 +101,18 @@ def keep(conn: Connection, rendered: Sequence[Bytes]) -> dict[int, bytes]:
     return {**{r.outbox_id: r.raw for r in new}, **stored}
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The server accepted the whole mail of row ``outbox_id`` at ``sent_at``, while the
+    claim until ``claimed_until`` held; ``forget``: keep neither its bytes nor its
+    template values (``render.forget_sign_in_link``)."""
+
+    outbox_id: int
+    claimed_until: datetime
+    sent_at: datetime
+    forget: bool
+
+
 _MARK_SENT = (update(OUTBOX)  # built once: this runs for every mail
               .where(OUTBOX.c.id == bindparam("oid"), OUTBOX.c.status == "queued",
                      OUTBOX.c.claimed_until == bindparam("until"))
@@ -109,14 +121,25 @@ _MARK_SENT = (update(OUTBOX)  # built once: this runs for every mail
 _MARK_SENT_FORGETTING = _MARK_SENT.values(raw=None, render=None)
 
 
-def mark_sent(conn: Connection, mail: Claimed, now: datetime, *, forget: bool) -> bool:
-    """Record that the server took the whole mail, if the row is still ours (queued,
-    and our claim unchanged); False leaves it to the careful path
-    (``sender._record_carefully``). With ``forget``, the row keeps neither its bytes nor
-    its template values (``render.forget_sign_in_link``)."""
-    done = conn.execute(_MARK_SENT_FORGETTING if forget else _MARK_SENT,
-                        {"oid": mail.id, "until": mail.claimed_until, "now": now})
-    return done.rowcount == 1
+def mark_sent(conn: Connection, accepted: Sequence[Accepted]) -> int:
+    """Record that the server took these mails, each only if its row is still ours
+    (queued, and the claim it was sent under unchanged); returns how many were. A row
+    that is not is left to the caller (``sender._record_carefully``, ``sender._fold``)."""
+    done = 0
+    for forget, statement in ((False, _MARK_SENT), (True, _MARK_SENT_FORGETTING)):
+        params = [{"oid": a.outbox_id, "until": a.claimed_until, "now": a.sent_at}
+                  for a in accepted if a.forget is forget]
+        if params:
+            done += conn.execute(statement, params).rowcount
+    return done
+
+
+def sent_at(conn: Connection, outbox_ids: Sequence[int]) -> dict[int, datetime | None]:
+    """When each of these rows was marked sent (None: it is not, or no longer exists)."""
+    c = OUTBOX.c
+    rows = conn.execute(select(c.id, c.sent_at).where(c.id.in_(outbox_ids), c.status == "sent"))
+    found = {oid: at for oid, at in rows}
+    return {oid: found.get(oid) for oid in outbox_ids}
 
 
 def release(conn: Connection, mails: Sequence[Claimed]) -> None:

@@ -23,17 +23,21 @@ Exactly once, as far as SMTP allows:
    that answered within the last second is reused without a NOOP
    (``transport.FRESH``): should the server have dropped it, the next ``MAIL FROM``
    fails, which delivered nothing, and that mail is tried again later.
-4. **Record** each mail right after the server answered, in a transaction of its own,
-   before the next mail is sent: ``sent`` only after the server accepted the mail, and
-   only while the row is still ours (``outbox.mark_sent``: still queued, our claim
-   unchanged; anything else takes the careful path, ``_record_carefully``). A row marked
-   ``sent`` is never picked again.
+4. **Record** each mail right after the server answered, before the next mail is
+   sent: ``sent`` only after the server accepted the mail, and only while the row is
+   still ours. On SQLite the common case (all accepted, the claim not run out) is
+   recorded in the senders' own file (``outbound.accepted``), which never waits for
+   the database's write lock, and folded into the outbox at the end of the pass and
+   by every claim, before it claims (``_fold``); on PostgreSQL it is one ``UPDATE``
+   of the row (``outbox.mark_sent``: still queued, our claim unchanged). Anything
+   else takes the careful path, ``_record_carefully``. A row marked ``sent``, or
+   recorded as accepted, is never picked again.
 5. **Give back** what the pass did not try (the server went down, the window closed,
    an error): ``claimed_until`` is cleared on those rows while the claim is still ours
-   (``outbox.release``), so they are due again at once. A row that was tried is never
-   given back: if its record fails (storage trouble) it is tried again a few times
-   while the claim is ours (``_record_in_time``), and if it still fails, the row waits
-   out its claim.
+   (``outbox.release``), so they are due again at once (``_end_pass``). A row that was
+   tried is never given back: if its record fails (storage trouble) it is tried again
+   a few times while the claim is ours (``_record_in_time``), and if it still fails,
+   the row waits out its claim.
 
 The one honest duplicate (SPEC, end): if the process dies between 3 and 4 for a mail,
 its claim runs out after ``lease`` (plus what was left of the window) and that mail is
@@ -67,7 +71,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from helpdesk.clock import Clock
 from helpdesk.config import Settings
 from helpdesk.outbound import outbox
-from helpdesk.outbound.outbox import Claimed
+from helpdesk.outbound.accepted import AcceptedLog
+from helpdesk.outbound.accepted import open_for as accepted_log
+from helpdesk.outbound.outbox import Accepted, Claimed
 from helpdesk.outbound.render import Render, carries_sign_in_link, forget_sign_in_link, to_keep
 from helpdesk.outbound.transport import (
     ConnectionFailure,
@@ -159,9 +165,11 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
     engine: Engine = sessions.kw["bind"]
     claimed_at = clock.now()
     # One connection for the pass: each transaction on it is short, none spans a send.
-    with engine.connect() as conn:
+    with engine.connect() as conn, accepted_log(engine) as accepted:
         with conn.begin():
+            folded = _fold(conn, accepted)
             batch = outbox.claim(conn, claimed_at, claimed_at + BATCH_WINDOW + lease, limit)
+        _forget_folded(accepted, folded)
         untried = list(reversed(batch))  # popped oldest first
         result = SendResult()
         try:
@@ -170,7 +178,7 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
             while untried and clock.now() <= claimed_at + BATCH_WINDOW and not stop():
                 mail = untried.pop()
                 outcome = _attempt(transport, mail)
-                result += _record_in_time(conn, mail, outcome, clock)
+                result += _record_in_time(conn, accepted, mail, outcome, clock)
                 if outcome.stop_batch:
                     log.warning("outbound delivery stopped for this pass: %s", outcome.reason)
                     result += SendResult(error=outcome.reason)
@@ -178,7 +186,7 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
         finally:
             if not keep_connection:
                 transport.close()
-            _give_back(conn, untried)
+            _end_pass(conn, accepted, untried)
     return result
 
 
@@ -187,18 +195,17 @@ RECORD_PAUSE = 1.0  # seconds between tries
 RECORD_MARGIN = timedelta(seconds=10)  # no try this close to the end of the claim
 
 
-def _record_in_time(conn: Connection, mail: Claimed, outcome: _Outcome,
-                    clock: Clock) -> SendResult:
-    """``_record`` in a transaction of its own, tried again on storage trouble (the
-    write lock past its timeout, a dropped database connection) while the claim is
-    still ours: a mail the server accepted and we could not record would otherwise
-    go out a second time when the claim runs out. Gives up (raises) after
-    ``RECORD_TRIES`` or near the end of the claim; then the row waits out its claim."""
+def _record_in_time(conn: Connection, accepted: AcceptedLog | None, mail: Claimed,
+                    outcome: _Outcome, clock: Clock) -> SendResult:
+    """``_record``, tried again on storage trouble (the write lock past its timeout, a
+    dropped database connection, a full disk) while the claim is still ours: a mail the
+    server accepted and we could not record would otherwise go out a second time when
+    the claim runs out. Gives up (raises) after ``RECORD_TRIES`` or near the end of the
+    claim; then the row waits out its claim."""
     tries = 1
     while True:
         try:
-            with conn.begin():
-                return _record(conn, mail, outcome, clock.now())
+            return _record(conn, accepted, mail, outcome, clock.now())
         except Exception as exc:
             if (not is_storage_trouble(exc) or tries == RECORD_TRIES
                     or clock.now() + RECORD_MARGIN >= mail.claimed_until):
@@ -243,16 +250,54 @@ def _render(conn: Connection, reads: sessionmaker[Session], batch: list[Claimed]
             for m in batch]
 
 
-def _give_back(conn: Connection, untried: list[Claimed]) -> None:
-    if not untried:
+def _fold(conn: Connection, accepted: AcceptedLog | None) -> list[Accepted]:
+    """Apply the accepted log (SQLite) to the outbox, in the caller's write transaction;
+    returns the records applied, to be removed from the log once it committed.
+
+    Every claim folds first, under the same write lock: no sender claims a row whose
+    mail the log says went out. A record is applied only while its row is still queued
+    under the claim it was sent with; a row found sent at the record's time had it
+    applied already (a crash before the removal, or two senders folding at once)."""
+    if accepted is None:
+        return []
+    records = accepted.pending()
+    if records and outbox.mark_sent(conn, records) < len(records):
+        found = outbox.sent_at(conn, [r.outbox_id for r in records])
+        for record in records:
+            if found[record.outbox_id] not in (None, record.sent_at):
+                log.warning("outbox=%s was sent at %s and again at %s (its claim ran out)",
+                            record.outbox_id, found[record.outbox_id], record.sent_at)
+            elif found[record.outbox_id] is None:
+                log.warning("outbox=%s: its record of delivery at %s found the row changed; "
+                            "left as it is", record.outbox_id, record.sent_at)
+    return records
+
+
+def _forget_folded(accepted: AcceptedLog | None, folded: list[Accepted]) -> None:
+    if accepted is not None and folded:
+        try:
+            accepted.remove(folded)
+        except Exception:  # applying them again changes nothing
+            log.exception("could not remove %d folded record(s) of sent mail", len(folded))
+
+
+def _end_pass(conn: Connection, accepted: AcceptedLog | None, untried: list[Claimed]) -> None:
+    """Give back the rows this pass did not try (they are due again at once, for anyone)
+    and fold what it sent, in one transaction. Should that fail, the untried rows wait
+    out their claim and the next claim folds."""
+    folded: list[Accepted] = []
+    if not untried and accepted is None:
         return
     try:
         if conn.in_transaction():  # a failed record left its transaction open
             conn.rollback()
         with conn.begin():
+            folded = _fold(conn, accepted)
             outbox.release(conn, untried)
-    except Exception:  # they wait out their claim instead
-        log.exception("could not give back %d claimed outbox row(s)", len(untried))
+    except Exception:
+        log.exception("could not give back %d claimed outbox row(s) nor record the mail "
+                      "sent; the next pass will", len(untried))
+    _forget_folded(accepted, folded)
 
 
 def _attempt(transport: Transport, mail: Claimed) -> _Outcome:
@@ -295,18 +340,28 @@ def _describe(replies: dict[str, str]) -> str:
     return "; ".join(f"{addr}: {reply}" for addr, reply in replies.items())
 
 
-def _record(conn: Connection, mail: Claimed, outcome: _Outcome, now: datetime) -> SendResult:
-    """Record what became of a mail, in the caller's transaction on ``conn``: the common
-    case, all accepted and the row still ours, in one statement; anything else through
-    ``_record_carefully``."""
-    if outcome.accepted and not (outcome.permanent or outcome.temporary) and outbox.mark_sent(
-            conn, mail, now, forget=carries_sign_in_link(mail.spec)):
+def _record(conn: Connection, accepted: AcceptedLog | None, mail: Claimed, outcome: _Outcome,
+            now: datetime) -> SendResult:
+    """Record what became of a mail. The common case, all accepted while the claim is
+    ours: in the accepted log (SQLite: no wait behind the database's write lock), or in
+    one statement. Anything else through ``_record_carefully``, in a transaction."""
+    whole = outcome.accepted and not (outcome.permanent or outcome.temporary)
+    record = Accepted(mail.id, mail.claimed_until, now, carries_sign_in_link(mail.spec))
+    if whole and accepted is not None and now < mail.claimed_until:
+        # Nobody may claim the row before our claim runs out, and every claim folds the
+        # log first: from here it is never sent again.
+        accepted.add(record)
         log.info("sent outbox=%s mid=%s to=%d", mail.id, mail.message_id, len(outcome.accepted))
         return SendResult(sent=1)
-    with Session(bind=conn) as session:  # joins the transaction, leaves its end to conn
-        result = _record_carefully(session, mail, outcome, now)
-        session.flush()
-    return result
+    with conn.begin():
+        if whole and outbox.mark_sent(conn, [record]):
+            log.info("sent outbox=%s mid=%s to=%d", mail.id, mail.message_id,
+                     len(outcome.accepted))
+            return SendResult(sent=1)
+        with Session(bind=conn) as session:  # joins the transaction, leaves its end to conn
+            result = _record_carefully(session, mail, outcome, now)
+            session.flush()
+        return result
 
 
 def _record_carefully(session: Session, mail: Claimed, outcome: _Outcome,

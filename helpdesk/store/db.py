@@ -54,7 +54,7 @@ def make_engine(url: str, lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT) -> Eng
     seconds = lock_timeout.total_seconds()
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and not url.endswith(":memory:"):
-            _create_private_file(Path(url.removeprefix("sqlite:///")))
+            create_private_file(Path(url.removeprefix("sqlite:///")))
         engine = create_engine(url, connect_args={"timeout": seconds})
         event.listen(engine, "connect", _sqlite_pragmas(int(seconds * 1000)))
         event.listen(engine, "begin", _sqlite_begin(int(seconds * 1000)))
@@ -64,7 +64,7 @@ def make_engine(url: str, lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT) -> Eng
         "connect_timeout": max(2, int(seconds)), "options": f"-c lock_timeout={milliseconds}"})
 
 
-def _create_private_file(path: Path) -> None:
+def create_private_file(path: Path) -> None:
     """Create the SQLite file readable by its owner only (and its folder, when we make
     it). SQLite gives the -wal and -shm files the mode of the database file."""
     if path.exists():

@@ -59,9 +59,10 @@ def test_the_database_the_attachments_and_the_outbox_are_readable_by_their_owner
     stored = helpdesk(config, "ingest", input=mail_with_attachment(), umask=0)
     assert stored.returncode == 0 and "new_case CC-000001" in stored.stdout, stored.stderr
 
-    files = [var / name for name in ("helpdesk.db", "helpdesk.db-wal", "helpdesk.db-shm")
-             if (var / name).exists()]
-    assert var / "helpdesk.db" in files
+    # the database, and the senders' record of accepted mail (outbound.accepted)
+    files = [var / f"{name}{suffix}" for name in ("helpdesk.db", "helpdesk.db-sent")
+             for suffix in ("", "-wal", "-shm") if (var / f"{name}{suffix}").exists()]
+    assert {var / "helpdesk.db", var / "helpdesk.db-sent"} <= set(files)
     assert {mode(f) for f in files} == {0o600}, {f.name: oct(mode(f)) for f in files}
     assert mode(var) == 0o700
     for store in (var / "attachments", var / "outbox"):

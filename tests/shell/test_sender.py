@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import FixedClock
 from helpdesk.config import Settings, SmtpSection
+from helpdesk.outbound import accepted
 from helpdesk.outbound.sender import (
     MaildirTransport,
     SendResult,
@@ -334,12 +336,56 @@ def test_a_crash_between_accept_and_record_repeats_only_that_mail_once(sessions,
     assert {outbox(sessions, first).status, outbox(sessions, second).status} == {"sent"}
 
 
-class _LockAfterSend:
-    """After the server's 250, another writer holds the database's write lock for a
-    while: the sender's record of that mail cannot get in at first."""
+def test_a_crash_after_the_record_before_the_outbox_learns_it_sends_nothing_again(
+        sessions, clock, mta, monkeypatch):
+    first, second = queue(sessions, clock, 1), queue(sessions, clock, 2)
+    add = accepted.AcceptedLog.add
 
-    def __init__(self, inner: SmtpTransport, url: str, hold: float) -> None:
-        self.inner, self.url, self.hold = inner, url, hold
+    def add_then_die(self: accepted.AcceptedLog, record: Any) -> None:
+        add(self, record)
+        raise _Crash
+
+    monkeypatch.setattr(accepted.AcceptedLog, "add", add_then_die)
+    with pytest.raises(_Crash):
+        send_due(sessions, clock, smtp_to(mta))
+    monkeypatch.undo()
+
+    clock.advance(minutes=6)  # the dead sender's claim ran out: only its record holds it
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)  # the other one
+    clock.advance(days=1)
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    assert [m["Message-ID"] for m in mta.handler.messages()] == [
+        "<out-1@example.com>", "<out-2@example.com>"]
+    assert (outbox(sessions, first).sent_at, outbox(sessions, second).sent_at) == (
+        T0, T0 + timedelta(minutes=6))
+
+
+def test_a_record_applied_twice_changes_nothing_and_says_nothing(
+        sessions, clock, mta, monkeypatch, caplog):
+    oid = queue(sessions, clock)
+    # The fold committed, then the process died before it removed the record.
+    monkeypatch.setattr(accepted.AcceptedLog, "remove", lambda self, applied: None)
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
+    monkeypatch.undo()
+    before = outbox(sessions, oid)
+
+    clock.advance(days=1)
+    caplog.set_level(logging.WARNING)
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    after = outbox(sessions, oid)
+    assert (after.status, after.sent_at, after.attempts) == (
+        before.status, before.sent_at, before.attempts) == ("sent", T0, 1)
+    assert caplog.records == []
+    assert len(mta.handler.messages()) == 1
+
+
+class _LockAfterSend:
+    """After the server's 250, another writer holds a write lock for a while: that of
+    the database (``url``), or that of the senders' log of accepted mail (``log``)."""
+
+    def __init__(self, inner: SmtpTransport, hold: float, *, url: str = "",
+                 log: Path | None = None) -> None:
+        self.inner, self.hold, self.url, self.log = inner, hold, url, log
         self.holder: threading.Thread | None = None
 
     def send(self, mail_from: str, recipients: Any, raw: bytes) -> Any:
@@ -347,8 +393,15 @@ class _LockAfterSend:
         taken = threading.Event()
 
         def hold_the_lock() -> None:
+            if self.log is not None:
+                conn = sqlite3.connect(self.log, isolation_level=None)
+                conn.execute("BEGIN IMMEDIATE")
+                taken.set()
+                time.sleep(self.hold)
+                conn.close()
+                return
             engine = make_engine(self.url)
-            with engine.begin() as conn:  # BEGIN IMMEDIATE: the write lock
+            with engine.begin():  # BEGIN IMMEDIATE: the write lock
                 taken.set()
                 time.sleep(self.hold)
             engine.dispose()
@@ -363,13 +416,10 @@ class _LockAfterSend:
 
 
 def test_a_record_that_cannot_get_in_at_first_is_tried_again_and_the_mail_goes_once(
-        tmp_path, clock, mta):
-    url = f"sqlite:///{tmp_path / 'helpdesk.db'}"
-    engine = make_engine(url, lock_timeout=timedelta(seconds=0.3))  # gives up quickly
-    upgrade(engine)
-    sessions = make_sessions(engine)
+        sessions, tmp_path, clock, mta, monkeypatch):
+    monkeypatch.setattr(accepted, "LOCK_TIMEOUT", timedelta(seconds=0.3))  # gives up quickly
     oid = queue(sessions, clock)
-    transport = _LockAfterSend(smtp_to(mta), url, hold=2.0)
+    transport = _LockAfterSend(smtp_to(mta), hold=2.0, log=tmp_path / "helpdesk.db-sent")
 
     assert send_due(sessions, clock, transport) == SendResult(sent=1)
     assert transport.holder is not None
@@ -377,6 +427,27 @@ def test_a_record_that_cannot_get_in_at_first_is_tried_again_and_the_mail_goes_o
     assert outbox(sessions, oid).status == "sent"
     clock.advance(days=1)  # long after any claim: nothing is due again
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    assert [m["Message-ID"] for m in mta.handler.messages()] == ["<out-1@example.com>"]
+
+
+def test_a_record_never_waits_for_the_database_and_the_mail_goes_once(tmp_path, clock, mta):
+    url = f"sqlite:///{tmp_path / 'helpdesk.db'}"
+    engine = make_engine(url, lock_timeout=timedelta(seconds=0.3))  # gives up quickly
+    upgrade(engine)
+    sessions = make_sessions(engine)
+    oid = queue(sessions, clock)
+    transport = _LockAfterSend(smtp_to(mta), hold=2.0, url=url)
+
+    # A fetch holds the write lock past the lock timeout right after the 250: the
+    # record is in the senders' log all the same, and the outbox learns it later.
+    assert send_due(sessions, clock, transport) == SendResult(sent=1)
+    assert transport.holder is not None
+    transport.holder.join()
+    assert outbox(sessions, oid).status == "queued"
+    clock.advance(days=1)  # long after the claim ran out: the log still holds it back
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    row = outbox(sessions, oid)
+    assert (row.status, row.sent_at, row.attempts) == ("sent", T0, 1)
     assert [m["Message-ID"] for m in mta.handler.messages()] == ["<out-1@example.com>"]
     engine.dispose()
 
