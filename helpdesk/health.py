@@ -1,4 +1,5 @@
-"""``helpdesk status``: what a monitoring check needs, from the database alone."""
+"""``helpdesk status``: what a monitoring check needs, from the database (and the
+senders' log of accepted mail, ``outbound.accepted``) alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from sqlalchemy import func, select
 from helpdesk.app import App
 from helpdesk.config import Settings
 from helpdesk.inbound.mailbox_lock import holder
+from helpdesk.outbound.accepted import pending_ids
 from helpdesk.store.orm import Inbound, MailboxState, Outbox
 
 
@@ -68,9 +70,10 @@ def health_report(app: App, now: datetime) -> HealthReport:
             elif last is None or now - last > mailbox.stale_after:
                 report.problems.append(f"mailbox {mailbox.name} has not fetched for longer than "
                                        f"{mailbox.stale_after}" + (f" ({error})" if error else ""))
-        queued = session.scalar(select(func.count()).select_from(Outbox)
-                                .where(Outbox.status == "queued")) or 0
-        oldest = session.scalar(select(func.min(Outbox.created_at)).where(Outbox.status == "queued"))
+        # Mail the server took that the outbox has not taken in yet is not waiting.
+        waiting = (Outbox.status == "queued", Outbox.id.not_in(pending_ids(app.engine)))
+        queued = session.scalar(select(func.count()).select_from(Outbox).where(*waiting)) or 0
+        oldest = session.scalar(select(func.min(Outbox.created_at)).where(*waiting))
         dead = session.scalar(select(func.count()).select_from(Outbox)
                               .where(Outbox.status == "dead")) or 0
         quarantined = session.scalar(select(func.count()).select_from(Inbound)

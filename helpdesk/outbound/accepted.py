@@ -11,16 +11,26 @@ a pass at a time, under the database's write lock it takes anyway to claim a bat
 The file is ``<database>-sent``, next to SQLite's own ``-wal`` and ``-shm``: back it up
 with them. PostgreSQL needs none of this: there a record waits only for its own row.
 
-A record is committed (WAL, ``synchronous=FULL``: it survives a crash and a power cut)
-before the next mail is sent, as the database record was; it is removed only after
-the fold that applied it committed, and a record applied twice (a crash between the two,
-or two senders folding at once) changes nothing the second time.
+Why no mail goes out twice because of it:
+
+- ``add`` writes a record only while its claim holds, checked under this file's write
+  lock; a fold reads the records under the same lock and keeps it until the database
+  committed what it applied (``fold_begin`` / ``fold_end``). So a claim, which folds
+  first, either sees a record or comes after the record's claim ran out, and then the
+  record is refused and the mail recorded in the database instead, as before.
+- A record is committed (WAL, ``synchronous=FULL``: it survives a crash and a power
+  cut) before the next mail is sent, as the database record was; it is removed only
+  after the fold that applied it committed, and a record applied twice (a crash
+  between the two) changes nothing the second time.
+- A log that cannot be written (locked, a full disk) stops the claims too, since they
+  take its lock: the mail in hand is recorded in the database, and nothing new is sent.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,58 +40,144 @@ from helpdesk.outbound.outbox import Accepted
 from helpdesk.store.db import create_private_file
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS accepted (
-    outbox_id INTEGER PRIMARY KEY,
+    outbox_id INTEGER NOT NULL,
     claimed_until TEXT NOT NULL,
     sent_at TEXT NOT NULL,
-    forget INTEGER NOT NULL)"""
-# Only senders write the file, each a row at a time: a wait is short.
+    forget INTEGER NOT NULL,
+    PRIMARY KEY (outbox_id, claimed_until))"""
+# Only senders write the file, a row or a fold at a time: a wait is short.
 LOCK_TIMEOUT = timedelta(seconds=30)
 
 
 class AcceptedLog:
-    """``add`` a mail the server accepted; ``pending`` and ``remove`` for the fold. Open
-    for one pass of a sender (``open_for``), closed at its end."""
+    """``add`` a mail the server accepted; ``fold_begin`` / ``fold_end`` around the
+    database transaction that applies them."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.unfolded = False  # this process added records no fold has taken yet
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
 
-    def add(self, accepted: Accepted) -> None:
-        """Record it, durably, before anything else is sent."""
-        with self._conn:
-            self._conn.execute("INSERT OR REPLACE INTO accepted VALUES (?, ?, ?, ?)", (
+    def add(self, accepted: Accepted, now: Callable[[], datetime]) -> bool:
+        """Record it, durably, if its claim still holds as of ``now()`` under the lock;
+        False when it does not (the caller records it in the database)."""
+        conn = self._locked()
+        try:
+            if now() >= accepted.claimed_until:
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute("INSERT INTO accepted VALUES (?, ?, ?, ?)", (
                 accepted.outbox_id, accepted.claimed_until.isoformat(),
                 accepted.sent_at.isoformat(), int(accepted.forget)))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self.unfolded = True
+        return True
 
-    def pending(self) -> list[Accepted]:
-        rows = self._conn.execute(
-            "SELECT outbox_id, claimed_until, sent_at, forget FROM accepted ORDER BY outbox_id")
+    def fold_begin(self) -> list[Accepted]:
+        """The records, with the log locked until ``fold_end`` or ``fold_abort``: call
+        it inside the database's write transaction that applies them."""
+        conn = self._locked()
+        try:
+            rows = conn.execute("SELECT outbox_id, claimed_until, sent_at, forget "
+                                "FROM accepted ORDER BY outbox_id").fetchall()
+        except BaseException:
+            _rollback(conn)
+            raise
         return [Accepted(oid, datetime.fromisoformat(until), datetime.fromisoformat(sent),
                          bool(forget)) for oid, until, sent, forget in rows]
 
-    def remove(self, applied: Sequence[Accepted]) -> None:
-        """Forget records whose fold committed (a newer record of the same row stays)."""
-        if applied:
-            with self._conn:
-                self._conn.executemany(
-                    "DELETE FROM accepted WHERE outbox_id = ? AND sent_at = ?",
-                    [(a.outbox_id, a.sent_at.isoformat()) for a in applied])
+    def fold_end(self, applied: Sequence[Accepted]) -> None:
+        """The database committed: forget what it applied, and unlock."""
+        conn = self._connection()
+        try:
+            conn.executemany("DELETE FROM accepted WHERE outbox_id = ? AND claimed_until = ?",
+                             [(a.outbox_id, a.claimed_until.isoformat()) for a in applied])
+            conn.execute("COMMIT")
+        finally:
+            _rollback(conn)
+        self.unfolded = False
+
+    def fold_abort(self) -> None:
+        """The database did not commit: keep every record, and unlock."""
+        if self._conn is not None and self._pid == os.getpid():
+            _rollback(self._conn)
+
+    def _locked(self) -> sqlite3.Connection:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        # Opened in the process that uses it: the sending process is forked, and an
+        # SQLite connection must not cross a fork (the parent's stays the parent's).
+        if self._conn is None or self._pid != os.getpid():
+            create_private_file(self.path)
+            conn = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT.total_seconds(),
+                                   isolation_level=None)  # we say BEGIN and COMMIT
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
 
 
-@contextmanager
-def open_for(engine: Engine) -> Iterator[AcceptedLog | None]:
-    """The log of ``engine``'s SQLite file, or None (PostgreSQL; SQLite in memory)."""
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def log_path(database: str) -> Path:
+    """``<database>-sent``, beside the file SQLite really opens (a symbolic link to the
+    database leads every sender to the same log)."""
+    path = Path(os.path.realpath(database))
+    return path.with_name(path.name + "-sent")
+
+
+_OPEN = threading.local()  # per thread, the last log used: it sends to one database
+
+
+def _sqlite_file(engine: Engine) -> str | None:
     url = engine.url
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        yield None
-        return
-    path = Path(url.database)
-    path = path.with_name(path.name + "-sent")
-    create_private_file(path)
-    conn = sqlite3.connect(path, timeout=LOCK_TIMEOUT.total_seconds())
+        return None
+    return url.database
+
+
+def accepted_log(engine: Engine) -> AcceptedLog | None:
+    """The log of ``engine``'s SQLite file, or None (PostgreSQL; SQLite in memory). Each
+    thread has its own connection to it (an SQLite connection is one transaction)."""
+    database = _sqlite_file(engine)
+    if database is None:
+        return None
+    path = log_path(database)
+    last: AcceptedLog | None = getattr(_OPEN, "log", None)
+    if last is None or last.path != path:
+        if last is not None:
+            last.close()
+        last = _OPEN.log = AcceptedLog(path)
+    return last
+
+
+def pending_ids(engine: Engine) -> set[int]:
+    """The outbox rows recorded as accepted and not folded yet, read without a lock
+    (``helpdesk status``: they are not waiting to go out)."""
+    database = _sqlite_file(engine)
+    path = log_path(database) if database else None
+    if path is None or not path.exists():
+        return set()
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(_SCHEMA)
-        yield AcceptedLog(conn)
+        return {oid for (oid,) in conn.execute("SELECT outbox_id FROM accepted")}
+    except sqlite3.OperationalError:  # no table yet
+        return set()
     finally:
         conn.close()

@@ -61,7 +61,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -71,8 +72,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from helpdesk.clock import Clock
 from helpdesk.config import Settings
 from helpdesk.outbound import outbox
-from helpdesk.outbound.accepted import AcceptedLog
-from helpdesk.outbound.accepted import open_for as accepted_log
+from helpdesk.outbound.accepted import AcceptedLog, accepted_log
 from helpdesk.outbound.outbox import Accepted, Claimed
 from helpdesk.outbound.render import Render, carries_sign_in_link, forget_sign_in_link, to_keep
 from helpdesk.outbound.transport import (
@@ -163,13 +163,12 @@ def send_due(sessions: sessionmaker[Session], clock: Clock, transport: Transport
     ``stop`` is asked before each mail: once it says so, the rest is given back.
     """
     engine: Engine = sessions.kw["bind"]
+    accepted = accepted_log(engine)
     claimed_at = clock.now()
     # One connection for the pass: each transaction on it is short, none spans a send.
-    with engine.connect() as conn, accepted_log(engine) as accepted:
-        with conn.begin():
-            folded = _fold(conn, accepted)
+    with engine.connect() as conn:
+        with _folding(conn, accepted):
             batch = outbox.claim(conn, claimed_at, claimed_at + BATCH_WINDOW + lease, limit)
-        _forget_folded(accepted, folded)
         untried = list(reversed(batch))  # popped oldest first
         result = SendResult()
         try:
@@ -205,7 +204,7 @@ def _record_in_time(conn: Connection, accepted: AcceptedLog | None, mail: Claime
     tries = 1
     while True:
         try:
-            return _record(conn, accepted, mail, outcome, clock.now())
+            return _record(conn, accepted, mail, outcome, clock)
         except Exception as exc:
             if (not is_storage_trouble(exc) or tries == RECORD_TRIES
                     or clock.now() + RECORD_MARGIN >= mail.claimed_until):
@@ -250,54 +249,61 @@ def _render(conn: Connection, reads: sessionmaker[Session], batch: list[Claimed]
             for m in batch]
 
 
-def _fold(conn: Connection, accepted: AcceptedLog | None) -> list[Accepted]:
-    """Apply the accepted log (SQLite) to the outbox, in the caller's write transaction;
-    returns the records applied, to be removed from the log once it committed.
+@contextmanager
+def _folding(conn: Connection, accepted: AcceptedLog | None) -> Iterator[None]:
+    """A write transaction on ``conn`` that first applies the accepted log (SQLite).
 
-    Every claim folds first, under the same write lock: no sender claims a row whose
-    mail the log says went out. A record is applied only while its row is still queued
-    under the claim it was sent with; a row found sent at the record's time had it
-    applied already (a crash before the removal, or two senders folding at once)."""
+    Every claim runs in one: no sender claims a row whose mail the log says went out.
+    The log is locked after the database (a record never waits for the database's
+    lock) and until the database committed; only then are the records it applied
+    removed. A record is applied only while its row is still queued under the claim
+    it was sent with; a row found sent at the record's time had it applied already (a
+    crash between the commit and the removal)."""
     if accepted is None:
-        return []
-    records = accepted.pending()
-    if records and outbox.mark_sent(conn, records) < len(records):
-        found = outbox.sent_at(conn, [r.outbox_id for r in records])
-        for record in records:
-            if found[record.outbox_id] not in (None, record.sent_at):
-                log.warning("outbox=%s was sent at %s and again at %s (its claim ran out)",
-                            record.outbox_id, found[record.outbox_id], record.sent_at)
-            elif found[record.outbox_id] is None:
-                log.warning("outbox=%s: its record of delivery at %s found the row changed; "
-                            "left as it is", record.outbox_id, record.sent_at)
-    return records
+        with conn.begin():
+            yield
+        return
+    try:
+        with conn.begin():
+            records = accepted.fold_begin()
+            if records and outbox.mark_sent(conn, records) < len(records):
+                _explain_unapplied(conn, records)
+            yield
+    except BaseException:
+        accepted.fold_abort()
+        raise
+    try:
+        accepted.fold_end(records)
+    except Exception:  # applying them again changes nothing
+        log.exception("could not remove %d applied record(s) of sent mail", len(records))
 
 
-def _forget_folded(accepted: AcceptedLog | None, folded: list[Accepted]) -> None:
-    if accepted is not None and folded:
-        try:
-            accepted.remove(folded)
-        except Exception:  # applying them again changes nothing
-            log.exception("could not remove %d folded record(s) of sent mail", len(folded))
+def _explain_unapplied(conn: Connection, records: list[Accepted]) -> None:
+    found = outbox.sent_at(conn, [r.outbox_id for r in records])
+    for record in records:
+        at = found[record.outbox_id]
+        if at is None:
+            log.warning("outbox=%s: its record of delivery at %s found the row changed; "
+                        "left as it is", record.outbox_id, record.sent_at)
+        elif at != record.sent_at:
+            log.warning("outbox=%s was sent at %s and again at %s (its claim ran out)",
+                        record.outbox_id, at, record.sent_at)
 
 
 def _end_pass(conn: Connection, accepted: AcceptedLog | None, untried: list[Claimed]) -> None:
     """Give back the rows this pass did not try (they are due again at once, for anyone)
-    and fold what it sent, in one transaction. Should that fail, the untried rows wait
-    out their claim and the next claim folds."""
-    folded: list[Accepted] = []
-    if not untried and accepted is None:
+    and apply what it sent, in one transaction. Should that fail, the untried rows wait
+    out their claim and the next claim applies the records."""
+    if not untried and not (accepted and accepted.unfolded):
         return
     try:
         if conn.in_transaction():  # a failed record left its transaction open
             conn.rollback()
-        with conn.begin():
-            folded = _fold(conn, accepted)
+        with _folding(conn, accepted):
             outbox.release(conn, untried)
     except Exception:
-        log.exception("could not give back %d claimed outbox row(s) nor record the mail "
-                      "sent; the next pass will", len(untried))
-    _forget_folded(accepted, folded)
+        log.exception("could not give back %d claimed outbox row(s) nor apply the record "
+                      "of the mail sent; the next pass will", len(untried))
 
 
 def _attempt(transport: Transport, mail: Claimed) -> _Outcome:
@@ -341,16 +347,14 @@ def _describe(replies: dict[str, str]) -> str:
 
 
 def _record(conn: Connection, accepted: AcceptedLog | None, mail: Claimed, outcome: _Outcome,
-            now: datetime) -> SendResult:
+            clock: Clock) -> SendResult:
     """Record what became of a mail. The common case, all accepted while the claim is
     ours: in the accepted log (SQLite: no wait behind the database's write lock), or in
     one statement. Anything else through ``_record_carefully``, in a transaction."""
+    now = clock.now()
     whole = outcome.accepted and not (outcome.permanent or outcome.temporary)
     record = Accepted(mail.id, mail.claimed_until, now, carries_sign_in_link(mail.spec))
-    if whole and accepted is not None and now < mail.claimed_until:
-        # Nobody may claim the row before our claim runs out, and every claim folds the
-        # log first: from here it is never sent again.
-        accepted.add(record)
+    if whole and accepted is not None and _logged(accepted, record, clock):
         log.info("sent outbox=%s mid=%s to=%d", mail.id, mail.message_id, len(outcome.accepted))
         return SendResult(sent=1)
     with conn.begin():
@@ -362,6 +366,18 @@ def _record(conn: Connection, accepted: AcceptedLog | None, mail: Claimed, outco
             result = _record_carefully(session, mail, outcome, now)
             session.flush()
         return result
+
+
+def _logged(accepted: AcceptedLog, record: Accepted, clock: Clock) -> bool:
+    """Whether the log took the record; if it cannot (locked, full), the database may."""
+    try:
+        return accepted.add(record, clock.now)
+    except Exception as exc:
+        if not is_storage_trouble(exc):
+            raise
+        log.warning("outbox=%s: the log of sent mail could not take it (%s); recording it "
+                    "in the database", record.outbox_id, exc)
+        return False
 
 
 def _record_carefully(session: Session, mail: Claimed, outcome: _Outcome,

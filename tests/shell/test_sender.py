@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -14,12 +15,13 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.clock import FixedClock
 from helpdesk.config import Settings, SmtpSection
 from helpdesk.outbound import accepted
+from helpdesk.outbound.render import outbox_renderer
 from helpdesk.outbound.sender import (
     MaildirTransport,
     SendResult,
@@ -29,6 +31,8 @@ from helpdesk.outbound.sender import (
 )
 from helpdesk.store.db import make_engine, make_sessions, upgrade
 from helpdesk.store.orm import Case, Event, Outbox
+from helpdesk.inbound.ingest import ingest_raw
+from tests.servers.helpdesk import make_mail
 from tests.servers.smtp import TEST_PASSWORD, TEST_USER, MTAServer
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -336,19 +340,24 @@ def test_a_crash_between_accept_and_record_repeats_only_that_mail_once(sessions,
     assert {outbox(sessions, first).status, outbox(sessions, second).status} == {"sent"}
 
 
-def test_a_crash_after_the_record_before_the_outbox_learns_it_sends_nothing_again(
-        sessions, clock, mta, monkeypatch):
+def test_a_sender_killed_after_its_record_before_the_outbox_learns_it_sends_nothing_again(
+        sessions, clock, mta):
     first, second = queue(sessions, clock, 1), queue(sessions, clock, 2)
-    add = accepted.AcceptedLog.add
+    sessions.kw["bind"].dispose()  # no database connection may cross the fork
+    pid = os.fork()
+    if pid == 0:  # the sender, dying (no cleanup, no end of pass) right after one record
+        try:
+            add = accepted.AcceptedLog.add
 
-    def add_then_die(self: accepted.AcceptedLog, record: Any) -> None:
-        add(self, record)
-        raise _Crash
+            def add_then_die(self: accepted.AcceptedLog, record: Any, now: Any) -> bool:
+                add(self, record, now)
+                os._exit(0)
 
-    monkeypatch.setattr(accepted.AcceptedLog, "add", add_then_die)
-    with pytest.raises(_Crash):
-        send_due(sessions, clock, smtp_to(mta))
-    monkeypatch.undo()
+            accepted.AcceptedLog.add = add_then_die  # type: ignore[method-assign]
+            send_due(sessions, clock, smtp_to(mta))
+        finally:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0  # it died where we said
 
     clock.advance(minutes=6)  # the dead sender's claim ran out: only its record holds it
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)  # the other one
@@ -363,8 +372,9 @@ def test_a_crash_after_the_record_before_the_outbox_learns_it_sends_nothing_agai
 def test_a_record_applied_twice_changes_nothing_and_says_nothing(
         sessions, clock, mta, monkeypatch, caplog):
     oid = queue(sessions, clock)
-    # The fold committed, then the process died before it removed the record.
-    monkeypatch.setattr(accepted.AcceptedLog, "remove", lambda self, applied: None)
+    # The database committed the fold, then the process died before the log forgot it.
+    monkeypatch.setattr(accepted.AcceptedLog, "fold_end",
+                        lambda self, applied: self.fold_abort())
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
     monkeypatch.undo()
     before = outbox(sessions, oid)
@@ -380,76 +390,133 @@ def test_a_record_applied_twice_changes_nothing_and_says_nothing(
 
 
 class _LockAfterSend:
-    """After the server's 250, another writer holds a write lock for a while: that of
-    the database (``url``), or that of the senders' log of accepted mail (``log``)."""
+    """After the server's 250, other writers hold write locks for a while: that of the
+    database (``url``), that of the senders' log of accepted mail (``log``), or both."""
 
     def __init__(self, inner: SmtpTransport, hold: float, *, url: str = "",
                  log: Path | None = None) -> None:
         self.inner, self.hold, self.url, self.log = inner, hold, url, log
-        self.holder: threading.Thread | None = None
+        self.holders: list[threading.Thread] = []
 
     def send(self, mail_from: str, recipients: Any, raw: bytes) -> Any:
         answer = self.inner.send(mail_from, recipients, raw)
-        taken = threading.Event()
-
-        def hold_the_lock() -> None:
-            if self.log is not None:
-                conn = sqlite3.connect(self.log, isolation_level=None)
-                conn.execute("BEGIN IMMEDIATE")
-                taken.set()
-                time.sleep(self.hold)
-                conn.close()
-                return
-            engine = make_engine(self.url)
-            with engine.begin():  # BEGIN IMMEDIATE: the write lock
-                taken.set()
-                time.sleep(self.hold)
-            engine.dispose()
-
-        self.holder = threading.Thread(target=hold_the_lock)
-        self.holder.start()
-        taken.wait(5)
+        if self.log is not None:
+            self._hold(self._hold_the_log)
+        if self.url:
+            self._hold(self._hold_the_database)
         return answer
+
+    def _hold(self, target: Any) -> None:
+        taken = threading.Event()
+        holder = threading.Thread(target=target, args=(taken,))
+        holder.start()
+        assert taken.wait(5)
+        self.holders.append(holder)
+
+    def _hold_the_log(self, taken: threading.Event) -> None:
+        conn = sqlite3.connect(self.log, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(self.hold)
+        conn.close()
+
+    def _hold_the_database(self, taken: threading.Event) -> None:
+        engine = make_engine(self.url)
+        with engine.begin():  # BEGIN IMMEDIATE: the write lock
+            taken.set()
+            time.sleep(self.hold)
+        engine.dispose()
+
+    def released(self) -> None:
+        for holder in self.holders:
+            holder.join()
 
     def close(self) -> None:
         self.inner.close()
 
 
-def test_a_record_that_cannot_get_in_at_first_is_tried_again_and_the_mail_goes_once(
-        sessions, tmp_path, clock, mta, monkeypatch):
-    monkeypatch.setattr(accepted, "LOCK_TIMEOUT", timedelta(seconds=0.3))  # gives up quickly
-    oid = queue(sessions, clock)
-    transport = _LockAfterSend(smtp_to(mta), hold=2.0, log=tmp_path / "helpdesk.db-sent")
-
-    assert send_due(sessions, clock, transport) == SendResult(sent=1)
-    assert transport.holder is not None
-    transport.holder.join()
-    assert outbox(sessions, oid).status == "sent"
-    clock.advance(days=1)  # long after any claim: nothing is due again
-    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
-    assert [m["Message-ID"] for m in mta.handler.messages()] == ["<out-1@example.com>"]
-
-
-def test_a_record_never_waits_for_the_database_and_the_mail_goes_once(tmp_path, clock, mta):
+def _quick_to_give_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
+        str, sessionmaker[Session]]:
+    """A database and a log whose locks are given up after 0.3 s."""
+    monkeypatch.setattr(accepted, "LOCK_TIMEOUT", timedelta(seconds=0.3))
     url = f"sqlite:///{tmp_path / 'helpdesk.db'}"
-    engine = make_engine(url, lock_timeout=timedelta(seconds=0.3))  # gives up quickly
+    engine = make_engine(url, lock_timeout=timedelta(seconds=0.3))
     upgrade(engine)
-    sessions = make_sessions(engine)
+    return url, make_sessions(engine)
+
+
+def test_a_record_never_waits_for_the_database_and_the_mail_goes_once(
+        tmp_path, clock, mta, monkeypatch):
+    url, sessions = _quick_to_give_up(tmp_path, monkeypatch)
     oid = queue(sessions, clock)
     transport = _LockAfterSend(smtp_to(mta), hold=2.0, url=url)
 
     # A fetch holds the write lock past the lock timeout right after the 250: the
     # record is in the senders' log all the same, and the outbox learns it later.
     assert send_due(sessions, clock, transport) == SendResult(sent=1)
-    assert transport.holder is not None
-    transport.holder.join()
+    transport.released()
     assert outbox(sessions, oid).status == "queued"
     clock.advance(days=1)  # long after the claim ran out: the log still holds it back
     assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
     row = outbox(sessions, oid)
     assert (row.status, row.sent_at, row.attempts) == ("sent", T0, 1)
     assert [m["Message-ID"] for m in mta.handler.messages()] == ["<out-1@example.com>"]
-    engine.dispose()
+    sessions.kw["bind"].dispose()
+
+
+def test_status_counts_mail_the_server_took_as_sent_before_the_outbox_learns_it(
+        desk_factory):
+    desk = desk_factory(database={"lock_timeout": "0.3s"})
+    ingest_raw(desk.app, make_mail("ana@customer.example", "support@example.com", "Help"),
+               source="test")
+    transport = _LockAfterSend(smtp_to(desk.mta), hold=2.0, url=desk.app.settings.database_url)
+    assert send_due(desk.app.sessions, desk.clock, transport, reads=desk.app.reads,
+                    render=outbox_renderer(desk.app)) == SendResult(sent=2)
+    transport.released()
+
+    with desk.app.reads() as db:  # the outbox has not learnt it yet ...
+        assert db.scalar(select(func.count()).where(Outbox.status == "queued")) == 2
+    status = desk.cli("status")  # ... but nothing waits to go out
+    assert "outbox: 0 queued, 0 undeliverable" in status.stdout, status.stdout
+    assert len(desk.sent()) == 2
+
+
+def test_a_locked_log_sends_the_record_to_the_database_and_stops_the_claims(
+        tmp_path, clock, mta, monkeypatch):
+    url, sessions = _quick_to_give_up(tmp_path, monkeypatch)
+    first = queue(sessions, clock, 1)
+    transport = _LockAfterSend(smtp_to(mta), hold=2.0, log=tmp_path / "helpdesk.db-sent")
+
+    assert send_due(sessions, clock, transport) == SendResult(sent=1)
+    assert outbox(sessions, first).status == "sent"  # the database took the record
+    # While the log stays locked nobody claims: a claim could not see its records.
+    queue(sessions, clock, 2)
+    clock.advance(minutes=6)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        send_due(sessions, clock, smtp_to(mta))
+    transport.released()
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
+    clock.advance(days=1)
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    assert [m["Message-ID"] for m in mta.handler.messages()] == [
+        "<out-1@example.com>", "<out-2@example.com>"]
+    sessions.kw["bind"].dispose()
+
+
+def test_a_record_that_cannot_get_in_anywhere_at_first_is_tried_again_and_the_mail_goes_once(
+        tmp_path, clock, mta, monkeypatch):
+    url, sessions = _quick_to_give_up(tmp_path, monkeypatch)
+    oid = queue(sessions, clock)
+    transport = _LockAfterSend(smtp_to(mta), hold=2.0, url=url,
+                               log=tmp_path / "helpdesk.db-sent")
+
+    assert send_due(sessions, clock, transport) == SendResult(sent=1)
+    transport.released()
+    clock.advance(days=1)  # long after any claim: nothing is due again
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult()
+    assert outbox(sessions, oid).status == "sent"
+    assert [m["Message-ID"] for m in mta.handler.messages()] == ["<out-1@example.com>"]
+    sessions.kw["bind"].dispose()
 
 
 def test_a_sender_slower_than_its_lease_does_not_record_twice(sessions, clock, mta, caplog):
