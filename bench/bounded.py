@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.ingest import ROOT, db_counts, make_desk, python_env, run_probe
 from tests.servers.helpdesk import attachment_mail as shared_attachment_mail
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, stop_process
 from tests.servers.smtp import TimedSend, free_port, send_timed
 
 SENDER = "Ana Garcia <ana@customer.example>"
@@ -127,9 +127,10 @@ def listener_latency(work: Path, big: list[bytes], max_size: int,
         for client in clients:
             client.join()
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
+        code = stop_process(daemon, timeout=60)
         log.close()
+    if code == -signal.SIGKILL:
+        raise RuntimeError(f"helpdesk run did not stop within 60 s of SIGTERM; see {log.name}")
     run.quiet = [s for s in samples if s.started < big_started]
     run.during = [s for s in samples if big_started <= s.started <= big_ended]
     return run

@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, text
 from bench.ingest import ROOT, cpu_of, db_counts, make_desk, python_env, settle
 from bench.servers import TimingMTA, append_all
 from tests.servers.dovecot import DovecotServer
+from tests.servers.helpdesk import stop_processes
 
 TIMEOUT = 3600.0
 
@@ -67,11 +68,12 @@ def measure(server: DovecotServer, handler: TimingMTA, smtp_port: int, postgres:
         try:
             _wait_until_done(config, len(raws), procs)
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc, log in zip(procs, logs):
-                proc.wait(timeout=60)
+            codes = stop_processes(*procs, timeout=60)
+            for log in logs:
                 log.close()
+        if -signal.SIGKILL in codes:
+            raise RuntimeError(f"a daemon did not stop within 60 s of SIGTERM; see "
+                               f"{folder}/run-*.log")
         return started
 
     started, cpu = cpu_of(run)

@@ -14,7 +14,6 @@ batches mailbox change notifications for about half a second.
 from __future__ import annotations
 
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from imapclient import IMAPClient
 from bench.ingest import ROOT, make_desk, python_env
 from bench.servers import TimingMTA
 from tests.servers.dovecot import DovecotServer
+from tests.servers.helpdesk import stop_process
 
 START_TIMEOUT = 30.0
 ACK_TIMEOUT = 60.0
@@ -129,10 +129,5 @@ def measure(server: DovecotServer, handler: TimingMTA, smtp_port: int,
                 ack = next(a for a in handler.acks if acked([a]))
                 samples.append(ack.at - started)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=30)
     return LatencyRun(samples, idle_notification(server.new_account()))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.ingest import ROOT, make_desk, python_env
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, stop_process
 from tests.servers.smtp import free_port
 
 _LINE = re.compile(r"^import time:\s+(\d+) \|\s+\d+ \| *(\S+)$", re.MULTILINE)
@@ -83,8 +83,12 @@ def _run_daemon(config: Path) -> tuple[float, str]:
         lines.append(line)
         if "helpdesk running" in line:
             wall = (time.perf_counter() - started) * 1000
-            proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
+            break
+    # SIGTERM once it runs (unless it ended at start), then the lines written as it stopped
+    if stop_process(proc, timeout=60) == -signal.SIGKILL:
+        raise RuntimeError("helpdesk run did not stop within 60 s of SIGTERM")
+    lines += proc.stderr.read().decode(errors="replace").splitlines(keepends=True)
+    proc.stderr.close()
     return wall, "".join(lines)
 
 

@@ -1,13 +1,16 @@
 """A helpdesk wired to the real test servers: its own SQLite file, config and
 templates, sending through the recording MTA. ``desk.cli(...)`` runs the real
-console command in a subprocess, exactly as an admin would."""
+console command in a subprocess, exactly as an admin would; ``stop_process(proc)``
+stops one a test started itself (``helpdesk run``, say) as systemd would."""
 from __future__ import annotations
 
 import copy
 import email.utils
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,6 +143,35 @@ def write_config(tmp: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
     return path
+
+
+def stop_processes(*procs: subprocess.Popen[Any], timeout: float = 20.0) -> list[int]:
+    """Stop processes a test started, as systemd stops the daemon: one SIGTERM to each
+    that still runs (all at once, so several daemons stop together), up to *timeout*
+    seconds for all of them to exit, then SIGKILL for any left, so that none outlives
+    the test. Their exit codes, in order: a hang is not hidden, a killed process
+    returns -9 (-SIGKILL), and a test that asserts a clean stop (0) still fails on it.
+
+    Never a second SIGTERM: to ``helpdesk run`` that means exit at once, with 1. Pipes
+    are not read meanwhile (the few lines of a stop fit in one); read what is left
+    after, e.g. with ``proc.communicate()``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    """``stop_processes`` for one process: its exit code, -9 if it had to be killed."""
+    return stop_processes(proc, timeout=timeout)[0]
 
 
 @pytest.fixture

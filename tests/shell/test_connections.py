@@ -22,7 +22,7 @@ from helpdesk.commands import set_status
 from helpdesk.hooks import ORPHAN_GRACE, run_pending_hooks, shutdown_hooks
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.store.orm import HookRun
-from tests.servers.helpdesk import START, make_mail, staff_auth
+from tests.servers.helpdesk import START, make_mail, staff_auth, stop_process
 from tests.servers.smtp import free_port, wait_for
 
 ANA = "Ana Garcia <ana@customer.example>"
@@ -410,10 +410,6 @@ def test_a_daemon_killed_while_the_hook_runs_retries_it_once_after_restart(
         with logs.open("ab") as out:
             return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
-    def stop(daemon: subprocess.Popen[bytes]) -> None:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=20) == 0, logs.read_text()
-
     def send() -> bool:
         try:
             with smtplib.SMTP("127.0.0.1", port, timeout=5) as smtp:
@@ -436,11 +432,11 @@ def test_a_daemon_killed_while_the_hook_runs_retries_it_once_after_restart(
         assert lines(counter) == ["1", "2"]
         wait_for(lambda: any("cr4sh" in text_of(m) for m in desk.sent_to("ana@customer.example")),
                  timeout=20)
-        stop(daemon)
+        assert stop_process(daemon) == 0, logs.read_text()
 
         daemon = start()  # and once more: a completed run never runs again
         time.sleep(5)
-        stop(daemon)
+        assert stop_process(daemon) == 0, logs.read_text()
     finally:
         if daemon.poll() is None:
             daemon.kill()

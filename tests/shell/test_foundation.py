@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import mailbox
-import signal
 import smtplib
 import subprocess
 import sys
@@ -15,7 +14,8 @@ import pytest
 
 from helpdesk.inbound.ingest import ingest_raw
 from helpdesk.outbound.deliver import deliver_all
-from tests.servers.helpdesk import base_config, make_mail, merge, staff_auth, write_config
+from tests.servers.helpdesk import (base_config, make_mail, merge, staff_auth, stop_process,
+                                    write_config)
 from tests.servers.smtp import free_port, wait_for
 
 ANA = "Ana Garcia <ana@customer.example>"
@@ -243,7 +243,7 @@ def test_run_with_smtp_listener_stores_then_acks_into_the_maildir(tmp_path):
         subjects = [outbox[key]["Subject"] for key in outbox.keys()]
         assert "[CC-000001] Over SMTP" in subjects
     finally:
-        daemon.send_signal(signal.SIGTERM)
+        stop_process(daemon, timeout=15)
         output = daemon.communicate(timeout=15)[0].decode()
     assert daemon.returncode == 0, output
     assert "helpdesk stopped" in output

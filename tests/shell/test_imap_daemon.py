@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, stop_process
 from tests.servers.smtp import wait_for
 
 pytestmark = pytest.mark.imap
@@ -26,12 +26,6 @@ def daemon(desk) -> subprocess.Popen[bytes]:
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=20)
 
 
 def acks(desk) -> list:
@@ -84,7 +78,7 @@ def test_run_with_idle_acknowledges_within_two_seconds(dovecot, desk_factory):
         print("IDLE append -> ack latencies:", [f"{x:.2f}s" for x in latencies])
         assert max(latencies) < 2.0
     finally:
-        assert stop(proc) == 0
+        assert stop_process(proc) == 0
 
 
 def test_run_without_idle_polls_within_one_interval(dovecot, desk_factory):
@@ -97,7 +91,7 @@ def test_run_without_idle_polls_within_one_interval(dovecot, desk_factory):
         wait_for(lambda: acks(desk), timeout=10)
         assert time.monotonic() - start < 2.0 + 1.0  # one interval, plus the pass itself
     finally:
-        assert stop(proc) == 0
+        assert stop_process(proc) == 0
 
 
 def test_run_reconnects_after_dovecot_restarts(dovecot, desk_factory):
@@ -112,7 +106,7 @@ def test_run_reconnects_after_dovecot_restarts(dovecot, desk_factory):
         wait_for(lambda: acks(desk), timeout=30, interval=0.2)
         assert dovecot.count("INBOX") == 0
     finally:
-        assert stop(proc) == 0
+        assert stop_process(proc) == 0
     log = (desk.config_path.parent / "daemon.log").read_text()
     assert log.count("working again") <= 2  # each state change logged once, not in a loop
 
@@ -157,7 +151,7 @@ def test_sigkill_at_random_points_loses_nothing_and_doubles_nothing(dovecot, des
         wait_for(lambda: "outbox: 0 queued" in desk.cli("status").stdout, timeout=120,
                  interval=1.0)
     finally:
-        assert stop(proc) == 0
+        assert stop_process(proc) == 0
     assert kills == 6
     assert dovecot.count("INBOX") == 0
     assert dovecot.count("Processed") + dovecot.count("Failed") == 200

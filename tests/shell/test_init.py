@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import smtplib
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from helpdesk.scaffold import SiteExists, write_site
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, stop_process
 from tests.servers.smtp import free_port, wait_for
 
 SOURCE = Path(__file__).resolve().parents[2]
@@ -147,7 +146,7 @@ def test_a_wheel_in_a_fresh_virtualenv_runs_the_quick_start_away_from_the_source
         wait_for(send, timeout=30, interval=0.2)
         wait_for(lambda: mails_to(work / "site", "bo@partner.example"), timeout=30)
     finally:
-        daemon.send_signal(signal.SIGTERM)
+        stop_process(daemon, timeout=30)
         output = daemon.communicate(timeout=30)[0].decode()
     assert daemon.returncode == 0, output
     [second] = mails_to(work / "site", "bo@partner.example")

@@ -4,7 +4,6 @@ the real command line and a real `helpdesk run`."""
 from __future__ import annotations
 
 import json
-import signal
 import smtplib
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from helpdesk.kb.calibration import AUTO_MIN_SCORE
-from tests.servers.helpdesk import START, Desk, make_mail, staff_auth
+from tests.servers.helpdesk import START, Desk, make_mail, staff_auth, stop_process
 from tests.servers.smtp import free_port, wait_for
 from tests.shell.test_lifecycle_e2e import html_of, kinds, last_mail, show, sweep, text_of, write
 
@@ -382,8 +381,7 @@ def test_an_article_added_or_edited_while_helpdesk_runs_is_suggested_for_the_nex
         assert "Keeping the flux capacitor cool" in text_of(ack)
         assert "Cooling the flux capacitor" not in text_of(ack)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=20)
+        code = stop_process(daemon)
     assert code == 0, log.read_text()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from helpdesk.commands import set_status
 from helpdesk.inbound.ingest import Outcome, ingest_raw
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.sweep import sweep as run_sweep
-from tests.servers.helpdesk import START, Desk, make_mail
+from tests.servers.helpdesk import START, Desk, make_mail, stop_process
 from tests.servers.smtp import wait_for
 
 ANA = "Ana Garcia <ana@customer.example>"
@@ -650,7 +649,7 @@ def test_the_daemon_runs_the_sweep_on_its_schedule(desk_factory):
     try:
         wait_for(lambda: "closure" in kinds(desk, ref), timeout=20, interval=0.1)
     finally:
-        daemon.send_signal(signal.SIGTERM)
+        stop_process(daemon, timeout=15)
         output = daemon.communicate(timeout=15)[0].decode()
     assert daemon.returncode == 0, output
     assert kinds(desk, ref) == ["ack", "status", "closure"]  # the most advanced step only

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import smtplib
 import stat
 import subprocess
@@ -19,7 +18,7 @@ from helpdesk.inbound.lmtp_listener import start_lmtp
 from helpdesk.config import LmtpSection
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.store.orm import Inbound
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, stop_process
 from tests.servers.smtp import free_port, wait_for
 
 CUSTOMER = "ana@customer.example"
@@ -150,8 +149,7 @@ def test_the_daemon_serves_lmtp_and_answers_without_a_process_per_mail(desk_fact
             assert replies["support@example.com"][0] == 250
         wait_for(lambda: len(desk.sent_to("c2@customer.example")) == 1, timeout=15)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert stop_process(proc) == 0
         log.close()
     assert sorted(m["Subject"] for n in range(3) for m in desk.sent_to(f"c{n}@customer.example")) \
         == ["[CC-000001] Request 0", "[CC-000002] Request 1", "[CC-000003] Request 2"]

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from helpdesk.store.orm import Outbox
 
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, stop_process
 from tests.servers.smtp import wait_for
 
 pytestmark = pytest.mark.imap
@@ -68,8 +68,7 @@ def test_run_sends_from_a_child_and_sigterm_stops_both(dovecot, desk_factory):
         dovecot.append_many(requests(3))
         wait_for(lambda: len(acks(desk)) == 3, timeout=20, interval=0.2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert stop_process(proc) == 0
     wait_for(lambda: gone(child), timeout=5, interval=0.1)
     log = (desk.config_path.parent / "helpdesk.log").read_text()
     assert "sending process: 6 sent" in log  # 3 acknowledgements, 3 staff notices

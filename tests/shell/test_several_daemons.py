@@ -18,7 +18,7 @@ from helpdesk.app import App
 from helpdesk.config import ImapMailbox
 from helpdesk.inbound.imap import watch
 from helpdesk.store.orm import MailboxState
-from tests.servers.helpdesk import make_mail
+from tests.servers.helpdesk import make_mail, stop_process, stop_processes
 from tests.servers.smtp import free_port, wait_for
 
 pytestmark = pytest.mark.imap
@@ -79,10 +79,7 @@ def test_three_daemons_on_postgresql_move_each_message_once_and_take_over_a_kill
         wait_for(lambda: "outbox: 0 queued" in desk.cli("status").stdout, timeout=90,
                  interval=1.0)
     finally:
-        for daemon in daemons:
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-        codes = [daemon.wait(timeout=30) for daemon in daemons]
+        codes = stop_processes(*daemons, timeout=30)
     assert sorted(codes) == [-signal.SIGKILL, 0, 0]
     assert dovecot.count("Processed") == 100  # each message MOVEd exactly once
     assert dovecot.count("Failed") == 0
@@ -104,8 +101,7 @@ def test_a_cron_fetch_leaves_a_mailbox_the_daemon_holds_and_status_names_the_dae
         assert fetch.returncode == 0
         assert f":{daemon.pid} since" in fetch.stderr and "skipped" in fetch.stderr
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=20) == 0
+        assert stop_process(daemon) == 0
     assert "no process is fetching it right now" in desk.cli("status").stdout
     fetch = desk.cli("fetch")  # nobody holds it now: the cron pass fetches
     assert fetch.returncode == 0 and "skipped" not in fetch.stderr

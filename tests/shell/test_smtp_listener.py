@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import smtplib
 import socket
 import statistics
@@ -22,7 +21,7 @@ from sqlalchemy import select
 
 from helpdesk.inbound.smtp_listener import Listener, start_listener
 from helpdesk.store.orm import Inbound
-from tests.servers.helpdesk import Desk, attachment_mail, make_mail
+from tests.servers.helpdesk import Desk, attachment_mail, make_mail, stop_process
 from tests.servers.smtp import TimedSend, free_port, send_timed, wait_for
 from tests.shell.test_mta_pipe import sqlite_path, write_lock_held
 
@@ -164,12 +163,7 @@ def daemon(desk: Desk, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         wait_for(greets, timeout=30, interval=0.2)
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def open_fds(pid: int) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -17,7 +16,7 @@ import pytest
 from sqlalchemy import event
 
 from helpdesk.store.listing import CaseQuery, list_cases
-from tests.servers.helpdesk import make_mail, staff_auth, write_config
+from tests.servers.helpdesk import make_mail, staff_auth, stop_process, write_config
 from tests.servers.smtp import free_port, wait_for
 from tests.web.conftest import body_text, open_case, sign_in, web_config
 
@@ -226,12 +225,9 @@ def test_the_daemon_serves_the_portal_and_stops_on_sigterm(tmp_path, command):
                 return None
         status, html = wait_for(up, timeout=20, interval=0.2)
         assert status == 200 and 'name="email"' in html
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop_process(proc)
+        out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert f"helpdesk web portal: http://127.0.0.1:{port}" in out
     with pytest.raises(OSError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import smtplib
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from helpdesk.outbound.deliver import deliver_all
 from helpdesk.web.server import WebServer
-from tests.servers.helpdesk import Desk, make_mail
+from tests.servers.helpdesk import Desk, make_mail, stop_process
 from tests.servers.smtp import free_port, wait_for
 from tests.web.conftest import (
     CASE_LINK,
@@ -365,11 +364,5 @@ def test_the_running_daemon_mails_a_case_link_that_opens_the_case_and_takes_a_re
         wait_for(lambda: any("It also fails for the hotel search." in body_text(m)
                              for m in desk.sent_to("agent@example.com")), timeout=10)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            code = daemon.wait(timeout=20)
-        finally:
-            if daemon.poll() is None:  # it did not stop: do not leave it running
-                daemon.kill()
-                daemon.wait()
+        code = stop_process(daemon)  # -9 if it did not stop and had to be killed
     assert code == 0, log.read_text()
