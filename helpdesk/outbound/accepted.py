@@ -24,6 +24,13 @@ Why no mail goes out twice because of it:
   between the two) changes nothing the second time.
 - A log that cannot be written (locked, a full disk) stops the claims too, since they
   take its lock: the mail in hand is recorded in the database, and nothing new is sent.
+  A fold waits for the log's lock only briefly while it holds the database's
+  (``FOLD_WAIT``); past that it lets the database go, so a stuck log never stops a
+  fetch.
+
+The file belongs to the database file's owner (a command run as root beside a daemon
+run as a service user), and is closed before a fork (a child must not inherit an
+open SQLite file).
 """
 from __future__ import annotations
 
@@ -47,14 +54,17 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS accepted (
     PRIMARY KEY (outbox_id, claimed_until))"""
 # Only senders write the file, a row or a fold at a time: a wait is short.
 LOCK_TIMEOUT = timedelta(seconds=30)
+# How long a fold, which holds the database's write lock, waits for the log's.
+FOLD_WAIT = timedelta(milliseconds=200)
 
 
 class AcceptedLog:
     """``add`` a mail the server accepted; ``fold_begin`` / ``fold_end`` around the
     database transaction that applies them."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.path = database.with_name(database.name + "-sent")
         self.unfolded = False  # this process added records no fold has taken yet
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
@@ -77,10 +87,21 @@ class AcceptedLog:
         self.unfolded = True
         return True
 
-    def fold_begin(self) -> list[Accepted]:
+    def fold_begin(self) -> list[Accepted] | None:
         """The records, with the log locked until ``fold_end`` or ``fold_abort``: call
-        it inside the database's write transaction that applies them."""
-        conn = self._locked()
+        it inside the database's write transaction that applies them. None when the
+        log stays busy past ``FOLD_WAIT``: the caller lets go of the database's lock
+        (nobody waits on it for this log), ``wait_free``, and tries again."""
+        conn = self._connection()
+        conn.execute(f"PRAGMA busy_timeout={int(FOLD_WAIT.total_seconds() * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            return None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT.total_seconds() * 1000)}")
         try:
             rows = conn.execute("SELECT outbox_id, claimed_until, sent_at, forget "
                                 "FROM accepted ORDER BY outbox_id").fetchall()
@@ -89,6 +110,11 @@ class AcceptedLog:
             raise
         return [Accepted(oid, datetime.fromisoformat(until), datetime.fromisoformat(sent),
                          bool(forget)) for oid, until, sent, forget in rows]
+
+    def wait_free(self) -> None:
+        """Wait (up to ``LOCK_TIMEOUT``, then raise) until nobody writes the log."""
+        conn = self._locked()
+        conn.execute("ROLLBACK")
 
     def fold_end(self, applied: Sequence[Accepted]) -> None:
         """The database committed: forget what it applied, and unlock."""
@@ -113,9 +139,9 @@ class AcceptedLog:
 
     def _connection(self) -> sqlite3.Connection:
         # Opened in the process that uses it: the sending process is forked, and an
-        # SQLite connection must not cross a fork (the parent's stays the parent's).
+        # SQLite connection must not cross a fork (``_close_before_fork``).
         if self._conn is None or self._pid != os.getpid():
-            create_private_file(self.path)
+            _create_owned_like(self.path, self.database)
             conn = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT.total_seconds(),
                                    isolation_level=None)  # we say BEGIN and COMMIT
             conn.execute("PRAGMA journal_mode=WAL")
@@ -135,11 +161,25 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def log_path(database: str) -> Path:
-    """``<database>-sent``, beside the file SQLite really opens (a symbolic link to the
-    database leads every sender to the same log)."""
-    path = Path(os.path.realpath(database))
-    return path.with_name(path.name + "-sent")
+def _real_path(database: str) -> Path:
+    """The file SQLite really opens (a symbolic link to the database leads every
+    sender to the same log)."""
+    return Path(os.path.realpath(database))
+
+
+def _create_owned_like(path: Path, database: Path) -> None:
+    """Create the log readable by its owner only, and owned as the database is: a
+    command run as root beside a daemon run as a service user must not leave a log
+    that daemon cannot open (SQLite gives ``-wal`` and ``-shm`` the log's owner)."""
+    if path.exists():
+        return
+    create_private_file(path)
+    if os.geteuid() == 0:
+        try:
+            owner = database.stat()
+            os.chown(path, owner.st_uid, owner.st_gid)
+        except FileNotFoundError:
+            pass
 
 
 _OPEN = threading.local()  # per thread, the last log used: it sends to one database
@@ -158,26 +198,44 @@ def accepted_log(engine: Engine) -> AcceptedLog | None:
     database = _sqlite_file(engine)
     if database is None:
         return None
-    path = log_path(database)
+    path = _real_path(database)
     last: AcceptedLog | None = getattr(_OPEN, "log", None)
-    if last is None or last.path != path:
+    if last is None or last.database != path:
         if last is not None:
             last.close()
         last = _OPEN.log = AcceptedLog(path)
     return last
 
 
+def _close_before_fork() -> None:
+    """A forked child must not inherit an open SQLite file: its locks would not be its
+    own, and closing the inherited handle would drop the parent's. The thread that
+    forks closes its log first (it opens again when next used)."""
+    last: AcceptedLog | None = getattr(_OPEN, "log", None)
+    if last is not None:
+        last.close()
+
+
+os.register_at_fork(before=_close_before_fork)
+
+
 def pending_ids(engine: Engine) -> set[int]:
     """The outbox rows recorded as accepted and not folded yet, read without a lock
-    (``helpdesk status``: they are not waiting to go out)."""
+    (``helpdesk status``: they are not waiting to go out). Empty when the log cannot
+    be read: they are then counted as waiting, which they may be."""
     database = _sqlite_file(engine)
-    path = log_path(database) if database else None
-    if path is None or not path.exists():
+    if database is None:
         return set()
-    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    path = AcceptedLog(_real_path(database)).path
+    if not path.exists():
+        return set()
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return set()
     try:
         return {oid for (oid,) in conn.execute("SELECT outbox_id FROM accepted")}
-    except sqlite3.OperationalError:  # no table yet
+    except sqlite3.Error:  # no table yet, or not ours to read
         return set()
     finally:
         conn.close()

@@ -256,16 +256,27 @@ def _folding(conn: Connection, accepted: AcceptedLog | None) -> Iterator[None]:
     Every claim runs in one: no sender claims a row whose mail the log says went out.
     The log is locked after the database (a record never waits for the database's
     lock) and until the database committed; only then are the records it applied
-    removed. A record is applied only while its row is still queued under the claim
+    removed. Should the log be busy for long (a sender stopped in the middle of a
+    record), the database's lock is let go while we wait for the log. A record is applied only while its row is still queued under the claim
     it was sent with; a row found sent at the record's time had it applied already (a
     crash between the commit and the removal)."""
     if accepted is None:
         with conn.begin():
             yield
         return
-    try:
-        with conn.begin():
+    while True:  # the database's lock, then the log's, never one held waiting long
+        transaction = conn.begin()
+        try:
             records = accepted.fold_begin()
+        except BaseException:
+            transaction.rollback()
+            raise
+        if records is not None:
+            break
+        transaction.rollback()
+        accepted.wait_free()
+    try:
+        with transaction:
             if records and outbox.mark_sent(conn, records) < len(records):
                 _explain_unapplied(conn, records)
             yield

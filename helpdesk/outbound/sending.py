@@ -41,6 +41,7 @@ FETCH_POLL = 0.05
 DAEMON_POLL = 5.0
 _LIVENESS = 1.0
 _IDLE_CLOSE = 10.0  # seconds without work after which the SMTP connection is closed
+_FAILED_PAUSE = 0.5  # seconds after a failed pass, doubled for each failure in a row
 # Passes at most once told to finish (``deliver_all``'s bound, 10,000 mails): mail that
 # keeps coming in meanwhile (another daemon's listener) does not keep a fetch running.
 _MAX_DRAIN = 100
@@ -132,7 +133,7 @@ def _serve(app: App, poll: float, wake: Any, stop: Any, finish: Any, parent: int
 
     render, lease = outbox_renderer(app), claim_lease(app.settings)
     transport = make_transport(app.settings)  # one connection while there is work
-    passes, total, busy_at, drained = 0, SendResult(), time.monotonic(), 0
+    passes, total, busy_at, drained, failures = 0, SendResult(), time.monotonic(), 0, 0
     while not stopping() and drained < _MAX_DRAIN:
         wake.clear()
         finishing = finish.is_set()  # before the pass: what it queued before is due now
@@ -140,14 +141,18 @@ def _serve(app: App, poll: float, wake: Any, stop: Any, finish: Any, parent: int
         try:
             result = send_due(app.sessions, app.clock, transport, lease=lease, render=render,
                               reads=app.reads, stop=stopping, keep_connection=True)
-            passes, total = passes + 1, total + result
+            passes, total, failures = passes + 1, total + result, 0
             if result.more_may_be_due:
                 busy_at = time.monotonic()
                 continue
         except Exception:
             log.exception("outbox pass failed")
+            failures += 1
         if finishing:
             break  # all that was due is sent, or the server or the database is down
+        if failures:  # the database is down or locked: no tight loop of failing passes
+            if stop.wait(min(_FAILED_PAUSE * 2 ** (failures - 1), DAEMON_POLL)) or stopping():
+                break
         if time.monotonic() - busy_at > _IDLE_CLOSE:
             transport.close()  # a server drops idle clients; connect again when needed
         for _ in range(max(1, round(poll / min(poll, _LIVENESS)))):

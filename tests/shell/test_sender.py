@@ -503,6 +503,52 @@ def test_a_locked_log_sends_the_record_to_the_database_and_stops_the_claims(
     sessions.kw["bind"].dispose()
 
 
+def test_a_busy_log_never_makes_the_claim_hold_the_database_from_a_fetch(
+        tmp_path, clock, mta, monkeypatch):
+    url, sessions = _quick_to_give_up(tmp_path, monkeypatch)
+    monkeypatch.setattr(accepted, "LOCK_TIMEOUT", timedelta(seconds=5))
+    queue(sessions, clock)
+    log = tmp_path / "helpdesk.db-sent"
+    send_due(sessions, clock, smtp_to(mta))  # the log exists
+    queue(sessions, clock, 2)
+    stuck = sqlite3.connect(log, isolation_level=None)
+    stuck.execute("BEGIN IMMEDIATE")  # a sender stopped in the middle of a record
+    results: list[SendResult] = []
+    sender = threading.Thread(target=lambda: results.append(
+        send_due(sessions, clock, smtp_to(mta))))
+    sender.start()
+
+    # Meanwhile a fetch writes, with a lock timeout of 0.3 s, again and again.
+    fetch = make_engine(url, lock_timeout=timedelta(seconds=0.3))
+    for _ in range(8):
+        with fetch.begin() as conn:
+            conn.execute(update(Outbox).where(Outbox.id == -1).values(attempts=0))
+        time.sleep(0.1)
+    fetch.dispose()
+    stuck.rollback()
+    stuck.close()
+    sender.join(10)
+    assert results == [SendResult(sent=1)]
+    assert [m["Message-ID"] for m in mta.handler.messages()] == [
+        "<out-1@example.com>", "<out-2@example.com>"]
+    sessions.kw["bind"].dispose()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make files for another user")
+def test_a_log_made_by_root_belongs_to_the_owner_of_the_database(tmp_path, clock, mta):
+    database = tmp_path / "helpdesk.db"
+    engine = make_engine(f"sqlite:///{database}")
+    upgrade(engine)
+    sessions = make_sessions(engine)
+    os.chown(database, 65534, 65534)  # the daemon's user; an admin runs a command as root
+    queue(sessions, clock)
+    assert send_due(sessions, clock, smtp_to(mta)) == SendResult(sent=1)
+    log = tmp_path / "helpdesk.db-sent"
+    assert (log.stat().st_uid, log.stat().st_gid, log.stat().st_mode & 0o777) == (
+        65534, 65534, 0o600)
+    engine.dispose()
+
+
 def test_a_record_that_cannot_get_in_anywhere_at_first_is_tried_again_and_the_mail_goes_once(
         tmp_path, clock, mta, monkeypatch):
     url, sessions = _quick_to_give_up(tmp_path, monkeypatch)
