@@ -257,9 +257,10 @@ def _folding(conn: Connection, accepted: AcceptedLog | None) -> Iterator[None]:
     The log is locked after the database (a record never waits for the database's
     lock) and until the database committed; only then are the records it applied
     removed. Should the log be busy for long (a sender stopped in the middle of a
-    record), the database's lock is let go while we wait for the log. A record is applied only while its row is still queued under the claim
-    it was sent with; a row found sent at the record's time had it applied already (a
-    crash between the commit and the removal)."""
+    record), the database's lock is let go while we wait for the log. A record is
+    applied only while its row is still queued under the claim it was sent with; a row
+    found sent at the record's time had it applied already (a crash between the
+    commit and the removal)."""
     if accepted is None:
         with conn.begin():
             yield
