@@ -461,7 +461,8 @@ def _record_carefully(session: Session, mail: Claimed, outcome: _Outcome,
                       retried=1 if temporary else 0)
 
 
-def _mark_undeliverable(session: Session, case_id: int, addresses: list[str], now: datetime) -> None:
+def _mark_undeliverable(session: Session, case_id: int, addresses: list[str],
+                        now: datetime) -> None:
     """A hard refusal at RCPT time is as good as a bounce: stop mailing that address."""
     for address in addresses:
         changed = session.execute(update(Participant).where(
