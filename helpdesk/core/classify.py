@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from email.utils import parseaddr
 
 from helpdesk.core.model import InboundMessage
 from helpdesk.core.refs import base_address
@@ -135,14 +136,52 @@ def _null_return_path(msg: InboundMessage, policy: HygienePolicy) -> str | None:
     return "Return-Path <>" if msg.return_path == "" else None
 
 
-def _machine_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
-    local, at, _ = msg.sender.lower().rpartition("@")
+_SEPARATORS = re.compile(r"[-_.+=]")
+
+
+def _machine_name(address: str, names: tuple[str, ...]) -> bool:
+    """Whether the local part is, or has among its words, a machine name: "noreply",
+    "no-reply-billing", "gmail-noreply", "post_master", "MAILER-DAEMON", "noreply+x";
+    not "noreplyx" nor "replyno"."""
+    local, at, _ = address.lower().rpartition("@")
     if not at:
-        return None
-    for name in policy.machine_senders:
-        # "noreply", "noreply+bounces", "no-reply-billing", "postmaster.eu", but not "noreplyx".
-        if local == name or (local.startswith(name) and local[len(name)] in "+-._"):
-            return msg.sender
+        return False
+    words = [w for w in _SEPARATORS.split(local) if w]
+    runs = {"".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)}
+    return any(name.replace("-", "") in runs for name in names)
+
+
+def _machine_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
+    # From, or the envelope sender a bounce left in Return-Path (MAILER-DAEMON@...).
+    for address in (msg.sender, msg.return_path or ""):
+        if _machine_name(address, policy.machine_senders):
+            return address
+    return None
+
+
+# The envelope senders and From addresses of list software (Mailman's -bounces and
+# -request, Majordomo's and LISTSERV's owner-): list mail without List-* headers.
+_LIST_SENDER = re.compile(r"^(?:owner-.+|.+-(?:owner|request|bounces)(?:\+.*)?)$")
+
+
+def _list_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
+    addresses = [msg.sender, msg.return_path or "",
+                 *(parseaddr(v)[1] for _, v in _values(msg, "Sender"))]
+    for address in addresses:
+        local, at, _ = address.lower().rpartition("@")
+        if at and _LIST_SENDER.match(local):
+            return address
+    return None
+
+
+def _report(msg: InboundMessage, policy: HygienePolicy) -> str | None:
+    # RFC 6522: a multipart/report is a machine's report: a delivery status (a bounce
+    # that may not parse as one), a read receipt (disposition-notification), an abuse
+    # feedback report. Never the customer's answer.
+    for _, value in _values(msg, "Content-Type"):
+        if _keyword(value) == "multipart/report":
+            kind = re.search(r"report-type\s*=\s*\"?([\w.-]+)", value, re.IGNORECASE)
+            return f"multipart/report ({kind.group(1).lower() if kind else 'no report-type'})"
     return None
 
 
@@ -189,6 +228,8 @@ RULES: tuple[Rule, ...] = (
     Rule("mailing-list", _mailing_list),
     Rule("null-return-path", _null_return_path),
     Rule("machine-sender", _machine_sender),
+    Rule("list-sender", _list_sender),
+    Rule("report", _report),
     Rule("delivery-report", _delivery_report),
     Rule("own-loop-header", _own_loop_header),
     Rule("own-message-id", _own_message_id),

@@ -70,7 +70,9 @@ def test_human_mail_with_ordinary_headers_is_human() -> None:
 
 @pytest.mark.parametrize(
     "sender",
-    ["noreplyfan@customer.example.net", "postmasterson@x.example", "ann.noreply@x.example", "mailer@x.example", ""],
+    ["noreplyfan@customer.example.net", "postmasterson@x.example", "replyno@x.example",
+     "mailer@x.example", "requester-relations@x.example", "owner@x.example",
+     "ann.owner@x.example", ""],
 )
 def test_senders_that_only_look_like_machines_are_human(sender: str) -> None:
     assert machine_reasons(mail(sender=sender), POLICY) == ()
@@ -149,10 +151,40 @@ def test_null_return_path() -> None:
         "noreply+bounces@shop.example",
         "no-reply-billing@shop.example",
         "noreply.eu@shop.example",
+        "gmail-noreply@google.com",  # real-world: the machine name among the words
+        "calendar-notification-noreply@google.com",
+        "post_master@mx.example.org",
+        "no_reply@shop.example",
     ],
 )
 def test_machine_sender(sender: str) -> None:
     assert rule_names(mail(sender=sender)) == ["machine-sender"]
+
+
+def test_a_bounce_by_its_envelope_sender_alone() -> None:
+    # A "Mail Delivery System" mail with no delivery-status part, From a friendly name.
+    found = rule_names(mail(sender="mail@mx3.example", return_path="MAILER-DAEMON@mx3.example"))
+    assert found == ["machine-sender"]
+
+
+@pytest.mark.parametrize(("field", "address"), [
+    ("return_path", "owner-rrga-l@list.rtowest.org"),  # LISTSERV, Majordomo
+    ("return_path", "users-bounces+ann=customer.example@lists.example.org"),  # Mailman VERP
+    ("sender", "ppp-request@zzz.org"),  # a Mailman 2.0 digest, From the list's -request
+    ("Sender", "devel-owner@lists.example.org"),
+])
+def test_list_mail_without_list_headers(field: str, address: str) -> None:
+    fields = {field: address} if field != "Sender" else {"headers": {"Sender": address}}
+    assert rule_names(mail(**fields)) == ["list-sender"]
+
+
+@pytest.mark.parametrize("content_type", [
+    'multipart/report; report-type=disposition-notification; boundary="b"',  # read receipt
+    "multipart/report; report-type=feedback-report; boundary=x",  # abuse report (ARF)
+    'Multipart/Report; report-type="delivery-status"; boundary="y"',  # no status part
+])
+def test_a_report_is_machine_mail(content_type: str) -> None:
+    assert rule_names(mail(headers={"Content-Type": content_type})) == ["report"]
 
 
 def test_machine_sender_uses_the_policy_list() -> None:
