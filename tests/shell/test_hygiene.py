@@ -93,11 +93,51 @@ MACHINE_KINDS = {
     "own-loop-header": ({"X-Helpdesk-Loop": "support@example.com"}, ANA),
     "own-address": ({}, "Support <support@example.com>"),
     "own-message-id": ({}, ANA, "<helpdesk.0123456789abcdef@example.com>"),
+    "noreply-among-words": ({}, "Google Calendar <calendar-noreply@google.com>"),
+    "mailer-daemon-return-path": ({"Return-Path": "<MAILER-DAEMON@mx.customer.example>"}, ANA),
+    "listserv-owner": ({"Return-Path": "<owner-customers-l@lists.customer.example>"}, ANA),
+    "mailman-request": ({}, "customers-request@lists.customer.example"),
 }
 RULE_OF = {"x-autorespond": "autoreply-header", "x-autoreply": "autoreply-header",
            "x-precedence-bulk": "precedence", "list-id": "mailing-list",
            "list-unsubscribe": "mailing-list", "noreply-sender": "machine-sender",
-           "postmaster-sender": "machine-sender"}
+           "postmaster-sender": "machine-sender", "noreply-among-words": "machine-sender",
+           "mailer-daemon-return-path": "machine-sender", "listserv-owner": "list-sender",
+           "mailman-request": "list-sender"}
+
+
+def read_receipt(in_reply_to: str) -> bytes:
+    """An Outlook read receipt (RFC 8098) for one of our mails, as it arrives."""
+    return (
+        "From: Ana Silva <ana@customer.example>\r\n"
+        "To: support@example.com\r\n"
+        "Subject: Read: [CC-000001] Printer on fire\r\n"
+        "Message-ID: <mdn-1@customer.example>\r\n"
+        f"In-Reply-To: {in_reply_to}\r\n"
+        f"References: {in_reply_to}\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=disposition-notification;\r\n'
+        '\tboundary="mdn"\r\n\r\n'
+        "--mdn\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        "Your message was read on Monday.\r\n\r\n"
+        "--mdn\r\nContent-Type: message/disposition-notification\r\n\r\n"
+        "Final-Recipient: rfc822;ana@customer.example\r\n"
+        f"Original-Message-ID: {in_reply_to}\r\n"
+        "Disposition: automatic-action/MDN-sent-automatically; displayed\r\n\r\n"
+        "--mdn--\r\n").encode()
+
+
+def test_a_read_receipt_is_not_the_customers_answer(desk):
+    ack = open_case(desk)
+    waiting(desk)
+    before = desk.case("CC-000001")
+    desk.mta.handler.clear()
+    outcome = desk.ingest(read_receipt(ack["Message-ID"]))
+    assert (outcome.status, outcome.ref) == ("machine", "CC-000001"), outcome
+    assert "multipart/report (disposition-notification)" in outcome.reason
+    case = desk.case("CC-000001")
+    assert case["status"] == "waiting" and case["due_at"] == before["due_at"]
+    assert desk.sent() == []  # no acknowledgement, no staff notice
 
 
 @pytest.mark.parametrize("kind", list(MACHINE_KINDS))
