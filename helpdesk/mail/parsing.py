@@ -38,6 +38,7 @@ from helpdesk.core.addresses import NotAnAddress, check_address, split_mailboxes
 from helpdesk.core.model import Attachment, InboundMessage
 from helpdesk.core.text import display_name, one_line, shown, visible
 from helpdesk.mail.bounce import parse_bounce
+from helpdesk.mail.charsets import decode_text
 
 # No whitespace or control characters (a Message-ID goes into our own In-Reply-To and
 # References headers) and a sane length (the database column holds 998).
@@ -98,6 +99,15 @@ class _BodyReader(mailparser.MailParser):
 
     def _make_mail(self, complete: bool = True) -> dict:
         return {}
+
+    def _decode_body_payload(self, part: Message, charset: str, part_index: int) -> str:
+        # mail-parser falls back to UTF-8 with replacement when the label's charset
+        # fails, which turns a mislabelled legacy body (GBK labelled GB2312, code page
+        # 949 labelled KS C 5601...) into nothing but U+FFFD: the customer's text lost.
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes) or not payload:
+            return ""
+        return decode_text(payload, part.get_content_charset())
 
 
 # An "=?" that no "?=" closes within 200 characters of its line. An encoded-word is at
@@ -236,7 +246,8 @@ def _fields(msg: Message) -> list[tuple[str, str]]:
 def _eight_bit(value: str) -> str:
     """A header value with the raw 8-bit bytes the parser kept as surrogates read as
     UTF-8 (RFC 6532); bytes that are not UTF-8 are read as windows-1252, the legacy
-    charset of most such mail, so nothing becomes a replacement character."""
+    charset of most such mail, unless they are UTF-8 with a stray byte or two
+    (``charsets.decode_text``)."""
     if value.isascii():
         return value
     data = value.encode("utf-8", "surrogateescape")
@@ -245,7 +256,7 @@ def _eight_bit(value: str) -> str:
     except UnicodeDecodeError as exc:
         if exc.reason == "unexpected end of data":  # cut in the middle of a character
             return data[:exc.start].decode("utf-8")
-        return data.decode("cp1252", "replace")
+        return decode_text(data, None)  # UTF-8 with a stray byte, or windows-1252
 
 
 def _unfold(value: str) -> str:
@@ -286,10 +297,7 @@ def _decode_word(word: str) -> str | None:
         if isinstance(data, str):
             text.append(data)
             continue
-        try:
-            text.append(data.decode((charset or "ascii").partition("*")[0], "replace"))
-        except (LookupError, ValueError):  # an unknown or broken charset name
-            text.append(data.decode("utf-8", "replace"))
+        text.append(decode_text(data, (charset or "").partition("*")[0]))
     return "".join(text)
 
 

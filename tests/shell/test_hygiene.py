@@ -565,6 +565,34 @@ def test_8bit_latin1_subject_and_body_are_read(desk):
     assert "Bonjour, café crème." in text_of(ack)
 
 
+# Found in real mail: the label names less than the client wrote. (text, codec written,
+# charset label); Base64 so that no 8-bit transport can change the bytes.
+MISLABELLED = {
+    "gbk-as-gb2312": ("您好，我的发票金额不对。请尽快处理。", "gbk", "gb2312"),
+    "cp949-as-ks_c_5601": ("안녕하세요, 청구서가 틀렸습니다. 똠방각하", "cp949", "ks_c_5601-1987"),
+    "cp932-as-shift_jis": ("請求書が間違っています ①②③ ｶﾀｶﾅ", "cp932", "shift_jis"),
+    "cp1252-as-latin1": ("The “invoice” says €40 – it should be €30.", "cp1252", "iso-8859-1"),
+    "utf8-as-us-ascii": ("Grüße aus Köln, die Rechnung stimmt nicht.", "utf-8", "us-ascii"),
+    "cp1252-as-unknown-8bit": ("Ça ne marche pas, déjà essayé.", "cp1252", "unknown-8bit"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISLABELLED))
+def test_a_mislabelled_legacy_charset_is_read_not_replaced(desk, case):
+    text, codec, label = MISLABELLED[case]
+    body = base64.encodebytes(f"{text}\r\n".encode(codec))
+    subject = base64.b64encode(text[:12].encode(codec)).decode()
+    raw = (f"From: ana@customer.example\r\nTo: support@example.com\r\n"
+           f"Subject: =?{label}?b?{subject}?=\r\nMessage-ID: <{case}@customer.example>\r\n"
+           f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset={label}\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\n").encode() + body
+    assert desk.ingest(raw).status == "new_case"
+    [ack] = desk.sent_to("ana@customer.example")
+    assert ack["Subject"] == f"[CC-000001] {text[:12].strip()}"
+    assert text in text_of(ack)  # the ack quotes the customer's words, not U+FFFD
+    assert text in desk.case("CC-000001")["messages"][0]["text"]
+
+
 BROKEN_BUT_READABLE = {
     # found by test_property / test_corpus: each used to end in the quarantine
     "vt-in-message-id": (b"Message-ID: <\x0bid.1@customer.example>\r\n", b"Subject: Hi\r\n"),
