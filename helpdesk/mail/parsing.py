@@ -157,7 +157,7 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
     addresses.read("sender")  # not used, but a bad one is worth knowing of
     trace = _trace(msg)
     html = "\n".join(mail.text_html)
-    text = "\n".join(mail.text_plain) or html_to_text(html)
+    text = "\n".join(mail.text_plain) or html_to_text(html) or _unsplit_body(msg)
     bounce = parse_bounce(msg)
     # Last: reading the attachments empties the parts they came from (see _attachments).
     attachments = tuple(_attachments(mail.attachments, msg))
@@ -257,6 +257,16 @@ def _eight_bit(value: str) -> str:
         if exc.reason == "unexpected end of data":  # cut in the middle of a character
             return data[:exc.start].decode("utf-8")
         return decode_text(data, None)  # UTF-8 with a stray byte, or windows-1252
+
+
+def _unsplit_body(msg: Message) -> str:
+    """The body of a multipart the parser could not split into parts (no boundary
+    parameter, or none of its lines in the body): mail clients show it as text, and
+    so do we, rather than store the customer's mail without its words."""
+    if msg.get_content_maintype() != "multipart" or not isinstance(msg.get_payload(), str):
+        return ""
+    data = msg.get_payload(decode=True)
+    return decode_text(data, msg.get_content_charset()).strip() if data else ""
 
 
 def _unfold(value: str) -> str:

@@ -593,6 +593,21 @@ def test_a_mislabelled_legacy_charset_is_read_not_replaced(desk, case):
     assert text in desk.case("CC-000001")["messages"][0]["text"]
 
 
+@pytest.mark.parametrize("content_type", [
+    'multipart/alternative; boundary="XYZ"',  # none of its lines in the body
+    "multipart/mixed",  # no boundary at all
+])
+def test_a_multipart_that_cannot_be_split_keeps_its_words(desk, content_type):
+    raw = (f"From: ana@customer.example\r\nTo: support@example.com\r\nSubject: Help\r\n"
+           f"Message-ID: <nb@customer.example>\r\nMIME-Version: 1.0\r\n"
+           f"Content-Type: {content_type}\r\n\r\n"
+           "My invoice is wrong, please call me.\r\n").encode()
+    assert desk.ingest(raw).status == "new_case"
+    assert desk.case("CC-000001")["messages"][0]["text"] == "My invoice is wrong, please call me."
+    [ack] = desk.sent_to("ana@customer.example")
+    assert "My invoice is wrong, please call me." in text_of(ack)
+
+
 BROKEN_BUT_READABLE = {
     # found by test_property / test_corpus: each used to end in the quarantine
     "vt-in-message-id": (b"Message-ID: <\x0bid.1@customer.example>\r\n", b"Subject: Hi\r\n"),
