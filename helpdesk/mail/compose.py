@@ -102,8 +102,14 @@ def _header(name: str, value: str, utf8: bool) -> bytes:
     if len(value.splitlines()) > 1:
         raise ValueError(f"{name}: a header value may not contain a line break")
     policy = _POLICY[utf8]
-    return policy.header_factory(name, value).fold(policy=policy).encode(
-        "utf-8" if utf8 else "ascii")
+    folded = policy.header_factory(name, value).fold(policy=policy)
+    alone = f"{name}:\r\n "
+    if folded.startswith(alone):
+        # A value that fits a line of its own but not after "Subject: " goes on the next
+        # line, and readers then show it with a leading space: keep it beside its name
+        # (a line of at most 78 + len(name) characters, far below RFC 5322's 998).
+        folded = f"{name}: {folded[len(alone):]}"
+    return folded.encode("utf-8" if utf8 else "ascii")
 
 
 @functools.lru_cache(maxsize=512)

@@ -608,6 +608,15 @@ def test_a_multipart_that_cannot_be_split_keeps_its_words(desk, content_type):
     assert "My invoice is wrong, please call me." in text_of(ack)
 
 
+@pytest.mark.parametrize("length", range(55, 70))
+def test_a_long_subject_comes_back_without_a_leading_space(desk, length):
+    subject = ("Printer on fire again " * 5)[:length].rstrip()
+    raw = make_mail(ANA, "support@example.com", subject)
+    assert desk.ingest(raw).status == "new_case"
+    [ack] = desk.sent_to("ana@customer.example")
+    assert ack["Subject"] == f"[CC-000001] {subject}"
+
+
 BROKEN_BUT_READABLE = {
     # found by test_property / test_corpus: each used to end in the quarantine
     "vt-in-message-id": (b"Message-ID: <\x0bid.1@customer.example>\r\n", b"Subject: Hi\r\n"),
