@@ -145,6 +145,10 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
     try:
         msg = _message_from_bytes(_defused(raw))
         _cut_headers(msg, limits.header_chars, events)
+        if msg.epilogue is None:
+            # mail-parser reads the epilogue when a part's start boundary is missing,
+            # and fails on a mail cut short, which has none (bounces quoting a cut mail).
+            msg.epilogue = ""
         mail = _BodyReader(msg)
     except Exception as exc:  # mail-parser raises a zoo of types on broken MIME
         raise UnparseableMessage(f"mail-parser: {type(exc).__name__}: {exc}") from exc

@@ -617,6 +617,24 @@ def test_a_long_subject_comes_back_without_a_leading_space(desk, length):
     assert ack["Subject"] == f"[CC-000001] {subject}"
 
 
+def test_a_mail_cut_short_inside_a_forwarded_mail_is_read_not_quarantined(desk):
+    # As bounces and forwards of cut mail arrive: the inner multipart has no parts, and
+    # the outer one no closing boundary (mail-parser failed on it: quarantined).
+    raw = (b"From: Ana Lima <ana@customer.example>\r\nTo: support@example.com\r\n"
+           b"Subject: Printer broken\r\nMessage-ID: <cut@customer.example>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"OUTER\"\r\n\r\n"
+           b"--OUTER\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           b"Please see the mail below, the printer still smokes.\r\n\r\n"
+           b"--OUTER\r\nContent-Type: message/rfc822\r\n\r\n"
+           b"From: Bob <bob@vendor.example>\r\nSubject: your order\r\n"
+           b"Content-Type: multipart/alternative; boundary=\"INNER\"\r\n\r\n")
+    assert desk.ingest(raw).status == "new_case"
+    text = desk.case("CC-000001")["messages"][0]["text"]
+    assert "the printer still smokes" in text
+    [ack] = desk.sent_to("ana@customer.example")
+    assert "the printer still smokes" in text_of(ack)
+
+
 BROKEN_BUT_READABLE = {
     # found by test_property / test_corpus: each used to end in the quarantine
     "vt-in-message-id": (b"Message-ID: <\x0bid.1@customer.example>\r\n", b"Subject: Hi\r\n"),
