@@ -137,13 +137,41 @@ def _defused(raw: bytes) -> bytes:
     return b"".join(lines)
 
 
+# What the email package takes as a line of a header block: a field name and its colon,
+# a folded line, or an mbox "From " line.
+_HEADER_LINE = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:|[ \t]|From )")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _mended(raw: bytes) -> bytes:
+    """The mail as the parsers get it: a broken line among the headers ("X-Spam Status:
+    No", a stray word before a field) folded into the header above it.
+
+    The email package ends the header block at such a line and reads the rest, From,
+    Subject and all, as the body: a customer's mail without a sender. A broken line is
+    only mended when fields follow it; one with none after it is where the body starts
+    (a missing blank line), as the package reads it."""
+    end = _HEADER_END.search(raw)
+    head = raw[:end.start() if end else len(raw)]
+    lines = head.split(b"\n")
+    broken = [i for i, line in enumerate(lines) if i and line.strip(b"\r")
+              and not _HEADER_LINE.match(line)]
+    if not broken:
+        return raw  # the usual case: no copy
+    last_field = max(i for i, line in enumerate(lines) if _HEADER_LINE.match(line))
+    for i in broken:
+        if i < last_field:
+            lines[i] = b" " + lines[i]
+    return b"\n".join(lines) + raw[len(head):]
+
+
 def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
                   limits: HeaderLimits = HeaderLimits()) -> InboundMessage:
     if not raw or raw.isspace():
         raise UnparseableMessage("empty message")
     events = _Events()
     try:
-        msg = _message_from_bytes(_defused(raw))
+        msg = _message_from_bytes(_defused(_mended(raw)))
         _cut_headers(msg, limits.header_chars, events)
         if msg.epilogue is None:
             # mail-parser reads the epilogue when a part's start boundary is missing,

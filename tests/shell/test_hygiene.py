@@ -635,6 +635,22 @@ def test_a_mail_cut_short_inside_a_forwarded_mail_is_read_not_quarantined(desk):
     assert "the printer still smokes" in text_of(ack)
 
 
+@pytest.mark.parametrize("broken", [
+    b"X-Spam Status: No, score=0.1",  # a space in a field name
+    b"quite Delivered-To: ana@customer.example",  # a stray word before a field
+])
+def test_a_broken_line_among_the_headers_loses_neither_sender_nor_subject(desk, broken):
+    raw = (b"Received: from mx.customer.example by mx.example.com; Mon, 2 Nov 2026 09:00 +0000"
+           b"\r\n" + broken + b"\r\nFrom: Ana Lima <ana@customer.example>\r\n"
+           b"To: support@example.com\r\nSubject: My order never arrived\r\n"
+           b"Message-ID: <badline@customer.example>\r\n\r\nHello, order 4711 never arrived.\r\n")
+    assert desk.ingest(raw).status == "new_case"
+    case = desk.case("CC-000001")
+    assert (case["requester"], case["subject"]) == ("ana@customer.example",
+                                                    "My order never arrived")
+    assert case["messages"][0]["text"].strip() == "Hello, order 4711 never arrived."
+
+
 BROKEN_BUT_READABLE = {
     # found by test_property / test_corpus: each used to end in the quarantine
     "vt-in-message-id": (b"Message-ID: <\x0bid.1@customer.example>\r\n", b"Subject: Hi\r\n"),
