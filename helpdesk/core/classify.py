@@ -147,8 +147,11 @@ def _machine_name(address: str, names: tuple[str, ...]) -> bool:
     if not at:
         return False
     words = [w for w in _SEPARATORS.split(local) if w]
-    runs = {"".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)}
-    return any(name.replace("-", "") in runs for name in names)
+    wanted = {"".join(_SEPARATORS.split(name)): len(_SEPARATORS.split(name)) for name in names}
+    # Runs of as many words as a name has ("do-not-reply": three): linear in the address.
+    longest = max(wanted.values(), default=0)
+    runs = {"".join(words[i:i + n]) for i in range(len(words)) for n in range(1, longest + 1)}
+    return not runs.isdisjoint(wanted)
 
 
 def _machine_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
@@ -161,7 +164,8 @@ def _machine_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
 
 # The envelope senders and From addresses of list software (Mailman's -bounces and
 # -request, Majordomo's and LISTSERV's owner-): list mail without List-* headers.
-_LIST_SENDER = re.compile(r"^(?:owner-.+|.+-(?:owner|request|bounces)(?:\+.*)?)$")
+_LIST_PREFIX = "owner-"
+_LIST_SUFFIXES = ("-owner", "-request", "-bounces")
 
 
 def _list_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
@@ -169,7 +173,9 @@ def _list_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
                  *(parseaddr(v)[1] for _, v in _values(msg, "Sender"))]
     for address in addresses:
         local, at, _ = address.lower().rpartition("@")
-        if at and _LIST_SENDER.match(local):
+        base = local.partition("+")[0]  # Mailman's VERP: list-bounces+ann=x.example@
+        if at and (local.startswith(_LIST_PREFIX) and len(local) > len(_LIST_PREFIX)
+                   or base.endswith(_LIST_SUFFIXES) and base not in _LIST_SUFFIXES):
             return address
     return None
 
