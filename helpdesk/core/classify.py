@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parseaddr
 
 from helpdesk.core.model import InboundMessage
@@ -31,6 +31,9 @@ DEFAULT_MACHINE_SENDERS: tuple[str, ...] = (
 )
 
 
+_SEPARATORS = re.compile(r"[-_.+=]")  # between the words of an address's local part
+
+
 @dataclass(frozen=True, slots=True)
 class HygienePolicy:
     own_domain: str  # the domain of our outgoing Message-IDs
@@ -38,12 +41,17 @@ class HygienePolicy:
     loop_value: str  # the value we stamp in it (our support address)
     machine_senders: tuple[str, ...] = DEFAULT_MACHINE_SENDERS
     own_addresses: frozenset[str] = frozenset()
+    machine_words: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Compare case-insensitively everywhere; normalise once here, not in every rule.
         object.__setattr__(self, "own_domain", self.own_domain.strip().lower())
         object.__setattr__(self, "machine_senders", tuple(s.strip().lower() for s in self.machine_senders))
         object.__setattr__(self, "own_addresses", frozenset(a.strip().lower() for a in self.own_addresses))
+        # Each machine name without its separators -> its number of words ("donotreply": 3).
+        object.__setattr__(self, "machine_words", {
+            "".join(_SEPARATORS.split(name)): len(_SEPARATORS.split(name))
+            for name in self.machine_senders})
 
 
 Check = Callable[[InboundMessage, HygienePolicy], str | None]
@@ -136,10 +144,7 @@ def _null_return_path(msg: InboundMessage, policy: HygienePolicy) -> str | None:
     return "Return-Path <>" if msg.return_path == "" else None
 
 
-_SEPARATORS = re.compile(r"[-_.+=]")
-
-
-def _machine_name(address: str, names: tuple[str, ...]) -> bool:
+def _machine_name(address: str, names: dict[str, int]) -> bool:
     """Whether the local part is, or has among its words, a machine name: "noreply",
     "no-reply-billing", "gmail-noreply", "post_master", "MAILER-DAEMON", "noreply+x";
     not "noreplyx" nor "replyno"."""
@@ -147,17 +152,16 @@ def _machine_name(address: str, names: tuple[str, ...]) -> bool:
     if not at:
         return False
     words = [w for w in _SEPARATORS.split(local) if w]
-    wanted = {"".join(_SEPARATORS.split(name)): len(_SEPARATORS.split(name)) for name in names}
     # Runs of as many words as a name has ("do-not-reply": three): linear in the address.
-    longest = max(wanted.values(), default=0)
+    longest = max(names.values(), default=0)
     runs = {"".join(words[i:i + n]) for i in range(len(words)) for n in range(1, longest + 1)}
-    return not runs.isdisjoint(wanted)
+    return not runs.isdisjoint(names)
 
 
 def _machine_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
     # From, or the envelope sender a bounce left in Return-Path (MAILER-DAEMON@...).
     for address in (msg.sender, msg.return_path or ""):
-        if _machine_name(address, policy.machine_senders):
+        if _machine_name(address, policy.machine_words):
             return address
     return None
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import codecs
 
-# The codec a label's mail clients really write (Python's canonical codec names).
+# The codec a label's mail clients really write, by the label's canonical codec name
+# (``codecs.lookup``: "euc-cn" is gb2312, "ks_c_5601-1987" is euc_kr). Latin-1 and
+# ASCII labels take the path of text whose label says nothing (``decode_text``).
 _SUPERSET = {
-    "gb2312": "gb18030", "gbk": "gb18030", "euc_cn": "gb18030",
-    "euc_kr": "cp949", "ks_c_5601-1987": "cp949",
+    "gb2312": "gb18030", "gbk": "gb18030",
+    "euc_kr": "cp949",
     "shift_jis": "cp932",
     "big5": "big5hkscs",
-    "latin_1": "cp1252", "iso8859-1": "cp1252", "ascii": "cp1252",
-    "iso8859_15": "cp1252",
+    "iso8859-15": "cp1252",
 }
 # Labels that say nothing of the bytes above 0x7F.
 _NO_CHARSET = frozenset({"", "unknown-8bit", "x-unknown", "unknown", "default", "8bit"})
@@ -40,7 +41,7 @@ def decode_text(data: bytes, label: str | None) -> str:
     """``data`` as text, by its charset ``label`` where that works, else by what such
     mail is most likely in; replacement characters only for bytes nothing decodes."""
     declared = _codec(label)
-    unsaid = declared in (None, "utf-8", "ascii", "latin_1", "iso8859-1")
+    unsaid = declared in (None, "utf-8", "ascii", "iso8859-1")
     tries = ["utf-8"] if unsaid else [declared, _SUPERSET.get(declared), "utf-8"]
     for codec in dict.fromkeys(c for c in tries if c):
         try:

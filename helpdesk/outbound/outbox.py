@@ -124,7 +124,7 @@ _MARK_SENT_FORGETTING = _MARK_SENT.values(raw=None, render=None)
 def mark_sent(conn: Connection, accepted: Sequence[Accepted]) -> int:
     """Record that the server took these mails, each only if its row is still ours
     (queued, and the claim it was sent under unchanged); returns how many were. A row
-    that is not is left to the caller (``sender._record_carefully``, ``sender._fold``)."""
+    that is not is left to the caller (``sender._record_carefully``, ``sender._folding``)."""
     done = 0
     for forget, statement in ((False, _MARK_SENT), (True, _MARK_SENT_FORGETTING)):
         params = [{"oid": a.outbox_id, "until": a.claimed_until, "now": a.sent_at}

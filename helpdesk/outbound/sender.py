@@ -28,7 +28,7 @@ Exactly once, as far as SMTP allows:
    still ours. On SQLite the common case (all accepted, the claim not run out) is
    recorded in the senders' own file (``outbound.accepted``), which never waits for
    the database's write lock, and folded into the outbox at the end of the pass and
-   by every claim, before it claims (``_fold``); on PostgreSQL it is one ``UPDATE``
+   by every claim, before it claims (``_folding``); on PostgreSQL it is one ``UPDATE``
    of the row (``outbox.mark_sent``: still queued, our claim unchanged). Anything
    else takes the careful path, ``_record_carefully``. A row marked ``sent``, or
    recorded as accepted, is never picked again.
