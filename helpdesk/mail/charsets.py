@@ -21,7 +21,6 @@ _SUPERSET = {
     "euc_kr": "cp949",
     "shift_jis": "cp932",
     "big5": "big5hkscs",
-    "iso8859-15": "cp1252",
 }
 # Labels that say nothing of the bytes above 0x7F.
 _NO_CHARSET = frozenset({"", "unknown-8bit", "x-unknown", "unknown", "default", "8bit"})
