@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 
 from helpdesk.core.model import InboundMessage
 from helpdesk.core.refs import base_address
@@ -173,9 +172,7 @@ _LIST_SUFFIXES = ("-owner", "-request", "-bounces")
 
 
 def _list_sender(msg: InboundMessage, policy: HygienePolicy) -> str | None:
-    addresses = [msg.sender, msg.return_path or "",
-                 *(parseaddr(v)[1] for _, v in _values(msg, "Sender"))]
-    for address in addresses:
+    for address in (msg.sender, msg.return_path or "", *msg.on_behalf):
         local, at, _ = address.lower().rpartition("@")
         base = local.partition("+")[0]  # Mailman's VERP: list-bounces+ann=x.example@
         if at and (local.startswith(_LIST_PREFIX) and len(local) > len(_LIST_PREFIX)

@@ -62,6 +62,7 @@ class InboundMessage:
     headers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     envelope_recipients: tuple[str, ...] = ()  # SMTP RCPT TO, Delivered-To, X-Original-To
     return_path: str | None = None  # None: no header; "": the null sender <>
+    on_behalf: tuple[str, ...] = ()  # the Sender header's address (who sent it for From)
     bounce: Bounce | None = None
     size: int = 0
     # The trace headers, top down, as (lower-cased name, value): "received" and

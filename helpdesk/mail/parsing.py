@@ -186,7 +186,7 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
     headers = _headers(fields)
     addresses = _AddressReader(fields, events)
     sender_name, sender = addresses.first("from")
-    addresses.read("sender")  # not used, but a bad one is worth knowing of
+    on_behalf = addresses.read("sender")
     trace = _trace(msg)
     html = "\n".join(mail.text_html)
     text = "\n".join(mail.text_plain) or html_to_text(html) or _unsplit_body(msg)
@@ -214,6 +214,7 @@ def parse_message(raw: bytes, envelope_recipients: tuple[str, ...] = (),
             (*addresses.checked("envelope", envelope_recipients),
              *addresses.read("delivered-to"), *addresses.read("x-original-to")))),
         return_path=addresses.return_path(),
+        on_behalf=on_behalf,
         bounce=bounce,
         size=len(raw),
         trace=trace,

@@ -97,13 +97,14 @@ MACHINE_KINDS = {
     "mailer-daemon-return-path": ({"Return-Path": "<MAILER-DAEMON@mx.customer.example>"}, ANA),
     "listserv-owner": ({"Return-Path": "<owner-customers-l@lists.customer.example>"}, ANA),
     "mailman-request": ({}, "customers-request@lists.customer.example"),
+    "list-owner-sender": ({"Sender": "customers-owner@lists.customer.example"}, ANA),
 }
 RULE_OF = {"x-autorespond": "autoreply-header", "x-autoreply": "autoreply-header",
            "x-precedence-bulk": "precedence", "list-id": "mailing-list",
            "list-unsubscribe": "mailing-list", "noreply-sender": "machine-sender",
            "postmaster-sender": "machine-sender", "noreply-among-words": "machine-sender",
            "mailer-daemon-return-path": "machine-sender", "listserv-owner": "list-sender",
-           "mailman-request": "list-sender"}
+           "mailman-request": "list-sender", "list-owner-sender": "list-sender"}
 
 
 def read_receipt(in_reply_to: str) -> bytes:
